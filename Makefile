@@ -1,0 +1,56 @@
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+MAKEFLAGS += --warn-undefined-variables --no-builtin-rules
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := $(VENV)/node_modules/.bin/buf
+BUF_VERSION := 1.75.0
+TUNEWIRE_HOME ?= .tunewire
+export TUNEWIRE_HOME
+
+.PHONY: help run test test-slow lint proto bench bench-quick demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+# The environment: a venv with the pinned CPU torch, and buf from npm inside it.
+$(VENV)/.installed: pyproject.toml .ci/constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c .ci/constraints.txt -e '.[dev]'
+	touch $@
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix $(VENV) @bufbuild/buf@$(BUF_VERSION)
+
+run: $(VENV)/.installed ## serve gRPC (:50051) and REST (:8080), creating tiny-llama if missing
+	$(VENV)/bin/tunewire models init-tiny --if-missing
+	$(VENV)/bin/tunewire up
+
+test: lint ## lint, then the test suite (fast, CPU)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(VENV)/.installed ## the larger runs of the slow suites
+	$(PY) -m pytest -q -m slow
+
+lint: $(VENV)/.installed $(BUF) ## ruff, buf lint, buf format, generated-code drift
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	rm -rf .gen-check && mkdir .gen-check
+	$(BUF) generate --output .gen-check
+	diff -r --exclude=__init__.py --exclude=__pycache__ --exclude='*.proto' \
+	  .gen-check/protos/tunewire protos/tunewire \
+	  || { echo "generated code does not match the protos: run 'make proto'"; exit 1; }
+	rm -rf .gen-check
+
+proto: $(VENV)/.installed $(BUF) ## regenerate Python code from the protos
+	$(BUF) format --write
+	$(BUF) generate
+
+clean: ## remove the venv and local data
+	rm -rf $(VENV) .tunewire .gen-check

@@ -1,0 +1,88 @@
+"""`tunewire up`: the gRPC control plane with health, reflection and graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server import auth
+from server.config import Settings
+from server.control_plane import ControlPlane
+from server.services.exports import ExportServicer
+from server.services.files import FileServicer
+from server.services.jobs import JobServicer
+from server.services.models import ModelServicer
+from tunewire.v1 import (
+    exports_pb2,
+    exports_pb2_grpc,
+    files_pb2,
+    files_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
+
+log = logging.getLogger("tunewire.server")
+
+GRACE_SECONDS = 5.0
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+SERVICES = [
+    (files_pb2, "FileService", files_pb2_grpc.add_FileServiceServicer_to_server, FileServicer),
+    (jobs_pb2, "JobService", jobs_pb2_grpc.add_JobServiceServicer_to_server, JobServicer),
+    (models_pb2, "ModelService", models_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer),
+    (
+        exports_pb2,
+        "ExportService",
+        exports_pb2_grpc.add_ExportServiceServicer_to_server,
+        ExportServicer,
+    ),
+]
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain in-flight calls and stop."""
+    plane = ControlPlane.open(settings)
+    key = auth.ensure_first_key(plane.db, settings.first_key_path)
+    if key:
+        print(
+            f"Created the first API key, for org '{auth.DEFAULT_ORG}' "
+            f"(also saved to {settings.first_key_path}):\n  {key}",
+            flush=True,
+        )
+
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+    for module, name, add, servicer in SERVICES:
+        add(servicer(plane), server)
+        names.append(module.DESCRIPTOR.services_by_name[name].full_name)
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    print(f"tunewire: serving gRPC on {settings.host}:{port}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.warning("shutting down", extra={"fields": {"grace_seconds": GRACE_SECONDS}})
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(GRACE_SECONDS)
+    plane.db.close()

@@ -1,0 +1,351 @@
+"""`tunewire`: serve, manage keys and models, upload files, run and watch jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from rich.console import Console
+from rich.table import Table
+
+from server.client import PURPOSES, Client, default_key
+from server.config import Settings
+from tunewire.v1 import files_pb2, jobs_pb2
+
+app = typer.Typer(help="Tunewire: self-hosted LoRA fine-tuning.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (local admin: works on the data dir directly).")
+models_app = typer.Typer(help="Base and fine-tuned models.")
+files_app = typer.Typer(help="Upload and inspect files.")
+jobs_app = typer.Typer(help="Create, inspect and watch fine-tuning jobs.")
+for sub, name in (
+    (keys_app, "keys"),
+    (models_app, "models"),
+    (files_app, "files"),
+    (jobs_app, "jobs"),
+):
+    app.add_typer(sub, name=name, no_args_is_help=True)
+
+console = Console()
+err = Console(stderr=True)
+
+Address = Annotated[
+    str, typer.Option(envvar="TUNEWIRE_ADDRESS", help="gRPC address of the server.")
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(envvar="TUNEWIRE_API_KEY", help="API key (default: <home>/api-key)."),
+]
+
+
+def _client(address: str, api_key: str | None) -> Client:
+    return Client(address, api_key or default_key(Settings().home))
+
+
+def _print(message: Message) -> None:
+    console.print_json(json_format.MessageToJson(message, preserving_proto_field_name=True))
+
+
+def _fail(error: grpc.RpcError) -> None:
+    err.print(f"[red]error:[/red] {error.code().name}: {error.details()}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="Interface to serve on.")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 50051).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "warning",
+) -> None:
+    """Serve the gRPC API (and run trainers) until SIGTERM / Ctrl-C."""
+    from server import logs
+    from server.app import serve
+
+    logs.setup(log_level)
+    overrides = {k: v for k, v in {"host": host, "grpc_port": grpc_port}.items() if v is not None}
+    asyncio.run(serve(Settings(**overrides)))
+
+
+@keys_app.command("create")
+def keys_create(org: Annotated[str, typer.Option(help="Organization the key belongs to.")]):
+    """Create an API key for ORG and print it (it is shown only once)."""
+    from server import auth
+    from server.store.db import connect
+
+    try:
+        key = auth.create_key(connect(Settings().db_path), org)
+    except ValueError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (their prefixes only)."""
+    from server import auth
+    from server.store.db import connect
+
+    table = Table("id", "org", "prefix", "revoked")
+    for row in auth.list_keys(connect(Settings().db_path)):
+        table.add_row(
+            row["id"], row["org"], row["prefix"] + "…", "yes" if row["revoked_at"] else ""
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by id; calls with it are refused from now on."""
+    from server import auth
+    from server.errors import NotFound
+    from server.store.db import connect
+
+    try:
+        auth.revoke_key(connect(Settings().db_path), key_id)
+    except NotFound as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+
+
+@models_app.command("init-tiny")
+def models_init_tiny(
+    if_missing: Annotated[bool, typer.Option(help="Do nothing when it exists.")] = False,
+) -> None:
+    """Build `tiny-llama` (a small Llama, tokenizer trained locally) in the models dir."""
+    from trainer.models import init_tiny
+
+    target = Settings().models_dir / "tiny-llama"
+    if if_missing and (target / "config.json").exists():
+        return
+    with console.status("building tiny-llama…"):
+        path = init_tiny(Settings().models_dir)
+    console.print(f"tiny-llama ready at {path}")
+
+
+@models_app.command("list")
+def models_list(address: Address = "localhost:50051", api_key: ApiKey = None) -> None:
+    """List base models and your fine-tuned models."""
+    from tunewire.v1 import models_pb2
+
+    client = _client(address, api_key)
+    try:
+        bases = client.models.ListBaseModels(
+            models_pb2.ListBaseModelsRequest(), metadata=client.metadata
+        )
+        tuned = client.models.ListModels(models_pb2.ListModelsRequest(), metadata=client.metadata)
+    except grpc.RpcError as error:
+        _fail(error)
+    table = Table("model", "kind", "base", "parameters / job")
+    for m in bases.base_models:
+        table.add_row(m.id, "base", m.architecture, f"{m.parameter_count:,}")
+    for m in tuned.models:
+        table.add_row(m.id, "fine-tuned", m.base_model, m.job_id)
+    console.print(table)
+
+
+@files_app.command("upload")
+def files_upload(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    purpose: Annotated[str, typer.Option(help="fine-tune or user-data.")] = "fine-tune",
+    address: Address = "localhost:50051",
+    api_key: ApiKey = None,
+) -> None:
+    """Upload a file; a fine-tune file is validated and its report printed."""
+    if purpose not in PURPOSES:
+        err.print(f"[red]error:[/red] --purpose must be one of {', '.join(PURPOSES)}")
+        raise typer.Exit(2)
+    client = _client(address, api_key)
+    try:
+        with console.status(f"uploading {path.name}…"):
+            record = client.upload(path, PURPOSES[purpose])
+    except grpc.RpcError as error:
+        _fail(error)
+    _print(record)
+    if record.state == files_pb2.File.STATE_ERROR:
+        raise typer.Exit(1)
+
+
+@files_app.command("list")
+def files_list(address: Address = "localhost:50051", api_key: ApiKey = None) -> None:
+    """List your files, newest first."""
+    client = _client(address, api_key)
+    table = Table("id", "filename", "bytes", "state", "examples")
+    token = ""
+    try:
+        while True:
+            page = client.files.ListFiles(
+                files_pb2.ListFilesRequest(page_token=token, page_size=100),
+                metadata=client.metadata,
+            )
+            for f in page.files:
+                table.add_row(
+                    f.id,
+                    f.filename,
+                    f"{f.bytes:,}",
+                    files_pb2.File.State.Name(f.state).removeprefix("STATE_").lower(),
+                    str(f.validation.example_count),
+                )
+            if not (token := page.next_page_token):
+                break
+    except grpc.RpcError as error:
+        _fail(error)
+    console.print(table)
+
+
+@files_app.command("get")
+def files_get(file_id: str, address: Address = "localhost:50051", api_key: ApiKey = None):
+    """Show a file with its validation report."""
+    client = _client(address, api_key)
+    try:
+        _print(
+            client.files.GetFile(
+                files_pb2.GetFileRequest(file_id=file_id), metadata=client.metadata
+            )
+        )
+    except grpc.RpcError as error:
+        _fail(error)
+
+
+def _metadata_pairs(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            err.print(f"[red]error:[/red] --metadata takes KEY=VALUE, got {pair!r}")
+            raise typer.Exit(2)
+        out[key] = value
+    return out
+
+
+@jobs_app.command("create")
+def jobs_create(
+    model: Annotated[str, typer.Option(help="Base model, e.g. tiny-llama.")],
+    training_file: Annotated[str, typer.Option(help="A processed fine-tune file id.")],
+    validation_file: Annotated[str, typer.Option(help="Validation file id.")] = "",
+    suffix: Annotated[str, typer.Option(help="Added to the model name.")] = "",
+    seed: Annotated[int | None, typer.Option(help="Seed (generated when unset).")] = None,
+    n_epochs: Annotated[int | None, typer.Option(help="Epochs (auto when unset).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (auto).")] = None,
+    learning_rate_multiplier: Annotated[float | None, typer.Option(help="(auto)")] = None,
+    metadata: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    request_id: Annotated[str, typer.Option(help="Idempotency key.")] = "",
+    watch: Annotated[bool, typer.Option(help="Watch it after creating it.")] = False,
+    address: Address = "localhost:50051",
+    api_key: ApiKey = None,
+) -> None:
+    """Create a fine-tuning job."""
+    hp = jobs_pb2.Hyperparameters()
+    for name, value in (
+        ("n_epochs", n_epochs),
+        ("batch_size", batch_size),
+        ("learning_rate_multiplier", learning_rate_multiplier),
+    ):
+        if value is not None:
+            setattr(hp, name, value)
+    job = jobs_pb2.Job(
+        base_model=model,
+        training_file=training_file,
+        validation_file=validation_file,
+        suffix=suffix,
+        hyperparameters=hp,
+        metadata=_metadata_pairs(metadata or []),
+    )
+    if seed is not None:
+        job.seed = seed
+    client = _client(address, api_key)
+    try:
+        created = client.jobs.CreateJob(
+            jobs_pb2.CreateJobRequest(job=job, request_id=request_id), metadata=client.metadata
+        )
+    except grpc.RpcError as error:
+        _fail(error)
+    _print(created)
+    if watch:
+        _watch(client, created.id, 0)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    metadata: Annotated[list[str] | None, typer.Option(help="KEY=VALUE filter.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
+    address: Address = "localhost:50051",
+    api_key: ApiKey = None,
+) -> None:
+    """List jobs, newest first."""
+    client = _client(address, api_key)
+    try:
+        page = client.jobs.ListJobs(
+            jobs_pb2.ListJobsRequest(page_size=limit, metadata=_metadata_pairs(metadata or [])),
+            metadata=client.metadata,
+        )
+    except grpc.RpcError as error:
+        _fail(error)
+    table = Table("id", "model", "state", "fine-tuned model")
+    for j in page.jobs:
+        table.add_row(
+            j.id, j.base_model, jobs_pb2.Job.State.Name(j.state)[6:].lower(), j.fine_tuned_model
+        )
+    console.print(table)
+
+
+@jobs_app.command("get")
+def jobs_get(job_id: str, address: Address = "localhost:50051", api_key: ApiKey = None):
+    """Show a job."""
+    client = _client(address, api_key)
+    try:
+        _print(client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=client.metadata))
+    except grpc.RpcError as error:
+        _fail(error)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, address: Address = "localhost:50051", api_key: ApiKey = None):
+    """Cancel a job: a queued one at once, a running one within a step."""
+    client = _client(address, api_key)
+    try:
+        _print(
+            client.jobs.CancelJob(
+                jobs_pb2.CancelJobRequest(job_id=job_id), metadata=client.metadata
+            )
+        )
+    except grpc.RpcError as error:
+        _fail(error)
+
+
+@jobs_app.command("watch")
+def jobs_watch(
+    job_id: str,
+    after: Annotated[int, typer.Option(help="Resume after this event sequence.")] = 0,
+    address: Address = "localhost:50051",
+    api_key: ApiKey = None,
+) -> None:
+    """Stream a job's events live until it finishes, with a progress bar while it trains."""
+    _watch(_client(address, api_key), job_id, after)
+
+
+def _watch(client: Client, job_id: str, after: int) -> None:
+    from server.progress import watch
+
+    try:
+        final = watch(client, job_id, after, console)
+    except grpc.RpcError as error:
+        _fail(error)
+    if final != "succeeded":
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Settings, read from TUNEWIRE_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where Tunewire keeps its data and how it serves. Env: TUNEWIRE_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNEWIRE_")
+
+    home: Path = Path(".tunewire")
+    """Data dir: database, blobs, models, the first API key."""
+    host: str = "127.0.0.1"
+    """Interface to serve on."""
+    grpc_port: int = 50051
+    """gRPC port (0 picks a free one)."""
+    http_port: int = 8080
+    """REST bridge port (0 picks a free one)."""
+    max_upload_bytes: int = 512 * 1024 * 1024
+    """Largest upload accepted; enforced while streaming."""
+    max_running_jobs: int = 1
+    """Trainer processes run at once on this machine."""
+    lease_seconds: float = 30.0
+    """A trainer that has not heart-beaten for this long is presumed dead."""
+    heartbeat_seconds: float = 2.0
+    """How often trainers heart-beat (and so how soon they see cancel/pause)."""
+    max_attempts: int = 3
+    """Trainer attempts per job (the first plus resumes) before it fails."""
+    models_dir_override: Path | None = None
+    """Base models dir; defaults to <home>/models."""
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "tunewire.db"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.models_dir_override or self.home / "models"
+
+    @property
+    def first_key_path(self) -> Path:
+        return self.home / "api-key"

@@ -1,0 +1,73 @@
+"""Per-job (and per-export) event logs with gapless sequences, and the wake-up
+signal live watchers wait on.
+
+Appends happen inside the caller's write transaction. All control-plane code
+runs on one asyncio loop and never awaits inside a transaction, so waking
+watchers at append time is safe: they run only after the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import sqlite_utils
+from google.protobuf import struct_pb2
+
+from server.ids import new_id, now, timestamp
+from tunewire.v1 import events_pb2
+
+Event = events_pb2.Event
+
+
+class EventLog:
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+        self._signals: dict[str, asyncio.Event] = {}
+
+    def append(
+        self,
+        parent: str,
+        message: str,
+        *,
+        level: Event.Level.ValueType = Event.LEVEL_INFO,
+        type: Event.Type.ValueType = Event.TYPE_MESSAGE,
+        data: dict | None = None,
+    ) -> Event:
+        """Append an event; call inside a write transaction."""
+        last = self.db.execute(
+            "SELECT MAX(sequence) FROM events WHERE parent = ?", [parent]
+        ).fetchone()[0]
+        event = Event(
+            id=new_id("ftevent"),
+            parent=parent,
+            sequence=(last or 0) + 1,
+            create_time=timestamp(now()),
+            level=level,
+            type=type,
+            message=message,
+        )
+        if data:
+            payload = struct_pb2.Struct()
+            payload.update(data)
+            event.data.CopyFrom(payload)
+        self.db["events"].insert(
+            {"parent": parent, "sequence": event.sequence, "proto": event.SerializeToString()}
+        )
+        signal = self._signals.pop(parent, None)
+        if signal is not None:
+            signal.set()
+        return event
+
+    def after(self, parent: str, sequence: int, limit: int) -> list[Event]:
+        rows = self.db.execute(
+            "SELECT proto FROM events WHERE parent = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+            [parent, sequence, limit],
+        )
+        return [Event.FromString(proto) for (proto,) in rows]
+
+    def signal(self, parent: str) -> asyncio.Event:
+        """The signal set by the next append to `parent`. Take it before reading."""
+        signal = self._signals.get(parent)
+        if signal is None:
+            signal = self._signals[parent] = asyncio.Event()
+        return signal

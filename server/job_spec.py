@@ -1,0 +1,154 @@
+"""Checking a CreateJob request: every problem found is reported together,
+each naming its field (BadRequest field violations)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+import sqlite_utils
+
+from server.errors import InvalidArgument, Unimplemented
+from tunewire.v1 import files_pb2, jobs_pb2
+
+Job = jobs_pb2.Job
+File = files_pb2.File
+
+SUFFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_SEED = 2_147_483_647
+MIN_EXAMPLES = 10  # OpenAI's minimum; documents (text) are chunked, so exempt
+MAX_METADATA = 16
+MAX_REQUEST_ID = 128
+
+# field -> (low, high, low inclusive, high inclusive)
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "n_epochs": (1, 50, True, True),
+    "batch_size": (1, 256, True, True),
+    "learning_rate_multiplier": (0, 10, False, True),
+    "beta": (0, 2, False, True),
+    "lora_rank": (1, 256, True, True),
+    "lora_alpha": (1, 1024, True, True),
+    "lora_dropout": (0, 1, True, False),
+    "early_stopping_patience": (0, 100, True, True),
+    "early_stopping_threshold": (0, 1, True, True),
+    "checkpoint_every_steps": (0, 1_000_000, True, True),
+}
+
+
+def _range_text(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    return f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def check_hyperparameters(hp: jobs_pb2.Hyperparameters) -> list[tuple[str, str]]:
+    problems = []
+    for name, (low, high, low_in, high_in) in RANGES.items():
+        if not hp.HasField(name):
+            continue  # unset means "auto"
+        value = getattr(hp, name)
+        above = value > low if not low_in else value >= low
+        below = value < high if not high_in else value <= high
+        if not (above and below):
+            problems.append(
+                (
+                    f"job.hyperparameters.{name}",
+                    f"{value:g} is out of range {_range_text(low, high, low_in, high_in)}",
+                )
+            )
+    return problems
+
+
+def _check_file(
+    db: sqlite_utils.Database, org: str, field: str, file_id: str
+) -> tuple[list[tuple[str, str]], File | None]:
+    row = db.execute("SELECT proto FROM files WHERE id = ? AND org = ?", [file_id, org]).fetchone()
+    if row is None:
+        return [(field, f"no file {file_id!r}")], None
+    record = File.FromString(row[0])
+    if record.purpose != File.PURPOSE_FINE_TUNE:
+        return [(field, f"file {file_id!r} was not uploaded with purpose fine-tune")], record
+    if record.state != File.STATE_PROCESSED:
+        report = record.validation
+        return [
+            (
+                field,
+                f"file {file_id!r} failed validation with {report.problem_count} problem(s); "
+                "fix them and upload it again",
+            )
+        ], record
+    return [], record
+
+
+def check_create(
+    db: sqlite_utils.Database, org: str, job: Job, request_id: str, base_models: set[str]
+) -> Job:
+    """The job to store, with defaults filled in; raises InvalidArgument."""
+    problems: list[tuple[str, str]] = []
+    if not job.base_model:
+        problems.append(("job.base_model", "required"))
+    elif job.base_model not in base_models:
+        known = ", ".join(sorted(base_models)) or "none; run 'tunewire models init-tiny'"
+        problems.append(
+            ("job.base_model", f"unknown base model {job.base_model!r}; known: {known}")
+        )
+
+    if not job.training_file:
+        problems.append(("job.training_file", "required"))
+    else:
+        found, training = _check_file(db, org, "job.training_file", job.training_file)
+        problems += found
+        report = training.validation if training and not found else None
+        if report and report.format != "text" and report.example_count < MIN_EXAMPLES:
+            problems.append(
+                (
+                    "job.training_file",
+                    f"Training file has {report.example_count} example(s), "
+                    f"but must have at least {MIN_EXAMPLES} examples",
+                )
+            )
+    if job.validation_file:
+        problems += _check_file(db, org, "job.validation_file", job.validation_file)[0]
+
+    problems += check_hyperparameters(job.hyperparameters)
+    if job.HasField("seed") and not 0 <= job.seed <= MAX_SEED:
+        problems.append(("job.seed", f"must be in [0, {MAX_SEED}]"))
+    if job.suffix and not SUFFIX.fullmatch(job.suffix):
+        problems.append(("job.suffix", "at most 64 characters of letters, digits, '_', '.', '-'"))
+    if len(job.metadata) > MAX_METADATA:
+        problems.append(("job.metadata", f"at most {MAX_METADATA} pairs"))
+    for key, value in job.metadata.items():
+        if not 0 < len(key) <= 64:
+            problems.append((f"job.metadata[{key!r}]", "keys must be 1-64 characters"))
+        if len(value) > 512:
+            problems.append((f"job.metadata[{key!r}]", "values must be at most 512 characters"))
+    if len(job.integrations) > 5:
+        problems.append(("job.integrations", "at most 5"))
+    for i, integration in enumerate(job.integrations):
+        if integration.type != "wandb":
+            problems.append((f"job.integrations[{i}].type", "must be 'wandb'"))
+    if len(request_id) > MAX_REQUEST_ID:
+        problems.append(("request_id", f"at most {MAX_REQUEST_ID} characters"))
+    if problems:
+        raise InvalidArgument(problems)
+    if job.method.type == jobs_pb2.Method.TYPE_DPO:
+        raise Unimplemented("method.type DPO is not available yet; use TYPE_SUPERVISED")
+
+    clean = Job()
+    clean.CopyFrom(job)
+    for output_only in (
+        "id",
+        "state",
+        "error",
+        "fine_tuned_model",
+        "trained_tokens",
+        "result_files",
+        "organization",
+        "create_time",
+        "finish_time",
+        "estimated_finish",
+        "progress",
+    ):
+        clean.ClearField(output_only)
+    if not clean.HasField("seed"):
+        clean.seed = secrets.randbelow(MAX_SEED + 1)
+    clean.method.type = clean.method.type or jobs_pb2.Method.TYPE_SUPERVISED
+    return clean

@@ -1,0 +1,111 @@
+"""Job records and their state machine. Every state change is written together
+with its TYPE_STATE event in the caller's transaction, so the log and the job
+can never disagree."""
+
+from __future__ import annotations
+
+import json
+
+import sqlite_utils
+
+from server.errors import FailedPrecondition, NotFound
+from server.events import EventLog
+from server.ids import now, timestamp
+from tunewire.v1 import events_pb2, jobs_pb2
+
+Job = jobs_pb2.Job
+Event = events_pb2.Event
+
+FINAL_STATES = frozenset({Job.STATE_SUCCEEDED, Job.STATE_FAILED, Job.STATE_CANCELLED})
+FINAL_STATES_SQL = ",".join(str(int(s)) for s in sorted(FINAL_STATES))
+
+ALLOWED: dict[int, frozenset[int]] = {
+    Job.STATE_VALIDATING_FILES: frozenset({Job.STATE_QUEUED, Job.STATE_FAILED}),
+    Job.STATE_QUEUED: frozenset({Job.STATE_RUNNING, Job.STATE_CANCELLED, Job.STATE_FAILED}),
+    # RUNNING -> QUEUED: the trainer was lost and the job waits to resume.
+    Job.STATE_RUNNING: frozenset(
+        {
+            Job.STATE_PAUSING,
+            Job.STATE_SUCCEEDED,
+            Job.STATE_FAILED,
+            Job.STATE_CANCELLED,
+            Job.STATE_QUEUED,
+        }
+    ),
+    Job.STATE_PAUSING: frozenset(
+        {
+            Job.STATE_PAUSED,
+            Job.STATE_SUCCEEDED,
+            Job.STATE_FAILED,
+            Job.STATE_CANCELLED,
+            Job.STATE_QUEUED,
+        }
+    ),
+    Job.STATE_PAUSED: frozenset({Job.STATE_QUEUED, Job.STATE_CANCELLED}),
+}
+
+
+def state_name(state: int) -> str:
+    """`running`, `succeeded`, ...: the OpenAI spelling."""
+    return Job.State.Name(state).removeprefix("STATE_").lower()
+
+
+def load(db: sqlite_utils.Database, job_id: str, org: str | None = None) -> Job:
+    """A job by id; with `org`, only that org's (others are NOT_FOUND)."""
+    sql, params = "SELECT proto FROM jobs WHERE id = ?", [job_id]
+    if org is not None:
+        sql, params = sql + " AND org = ?", [*params, org]
+    row = db.execute(sql, params).fetchone()
+    if row is None:
+        raise NotFound("job", job_id)
+    return Job.FromString(row[0])
+
+
+def insert(db: sqlite_utils.Database, job: Job, request_id: str | None) -> None:
+    db["jobs"].insert(
+        {
+            "id": job.id,
+            "org": job.organization,
+            "state": job.state,
+            "created_at": job.create_time.ToNanoseconds() / 1e9,
+            "request_id": request_id,
+            "training_file": job.training_file,
+            "validation_file": job.validation_file or None,
+            "metadata": json.dumps(dict(job.metadata), sort_keys=True),
+            "proto": job.SerializeToString(),
+        }
+    )
+
+
+def save(db: sqlite_utils.Database, job: Job, **columns: object) -> None:
+    """Write back a changed job (and any lease/command columns given)."""
+    db["jobs"].update(job.id, {"state": job.state, "proto": job.SerializeToString(), **columns})
+
+
+def transition(
+    db: sqlite_utils.Database,
+    events: EventLog,
+    job: Job,
+    state: int,
+    message: str,
+    *,
+    level: int = Event.LEVEL_INFO,
+    data: dict | None = None,
+    **columns: object,
+) -> Job:
+    """Move `job` to `state`, save it and append its state event; in a write transaction."""
+    if state not in ALLOWED.get(job.state, frozenset()):
+        raise FailedPrecondition(f"job {job.id!r} is {state_name(job.state)}")
+    job.state = state
+    if state in FINAL_STATES:
+        job.finish_time.CopyFrom(timestamp(now()))
+        job.ClearField("estimated_finish")
+    save(db, job, **columns)
+    events.append(
+        job.id,
+        message,
+        level=level,
+        type=Event.TYPE_STATE,
+        data={"state": state_name(state), **(data or {})},
+    )
+    return job

@@ -1,0 +1,47 @@
+"""`tunewire jobs watch`: events as lines, and a live bar with step, loss and ETA."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from server.client import Client
+from tunewire.v1 import events_pb2, jobs_pb2
+
+Event = events_pb2.Event
+LEVEL_STYLE = {Event.LEVEL_WARN: "yellow", Event.LEVEL_ERROR: "red"}
+
+
+def watch(client: Client, job_id: str, after: int, console: Console) -> str:
+    """Print events until the job ends; return its final state name."""
+    state = ""
+    bar = Progress(
+        TextColumn("[bold]step {task.completed}/{task.total}"),
+        BarColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    task = None
+    stream = client.jobs.StreamJobEvents(
+        jobs_pb2.StreamJobEventsRequest(job_id=job_id, after_sequence=after),
+        metadata=client.metadata,
+    )
+    with bar:
+        for reply in stream:
+            event = reply.event
+            data = dict(event.data)
+            if event.type == Event.TYPE_METRICS and "step" in data:
+                if task is None:
+                    task = bar.add_task("train", total=int(data.get("total_steps", 0)), loss="…")
+                bar.update(
+                    task, completed=int(data["step"]), loss=f"{data.get('train_loss', 0):.3f}"
+                )
+                continue
+            if event.type == Event.TYPE_STATE:
+                state = str(data.get("state", state))
+            style = LEVEL_STYLE.get(event.level, "")
+            line = f"[dim]{event.sequence:>4}[/dim] {event.message}"
+            console.print(f"[{style}]{line}[/{style}]" if style else line)
+    return state

@@ -1,0 +1,166 @@
+"""FileService: streamed uploads with a size limit, validation, reads, deletes."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import empty_pb2
+
+from server.control_plane import ControlPlane, authenticated
+from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from server.ids import new_id, now, timestamp
+from server.lifecycle import FINAL_STATES_SQL
+from server.rpc import caller_org
+from server.store import pages, records
+from server.store.db import write
+from server.validation import validate_file
+from tunewire.v1 import files_pb2, files_pb2_grpc
+
+File = files_pb2.File
+CHUNK = 1024 * 1024
+MAX_FILENAME = 255
+
+
+def report_proto(report) -> files_pb2.ValidationReport:
+    return files_pb2.ValidationReport(
+        format=report.format.value if report.format else "",
+        example_count=report.examples,
+        line_count=report.lines,
+        token_estimate=report.token_estimate,
+        problem_count=report.problem_count,
+        problems=[
+            files_pb2.ValidationReport.Problem(
+                line=p.line, path=p.path, code=p.code, message=p.message
+            )
+            for p in report.problems
+        ],
+    )
+
+
+class FileServicer(files_pb2_grpc.FileServiceServicer):
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+
+    @authenticated
+    async def UploadFile(
+        self,
+        requests: AsyncIterator[files_pb2.UploadFileRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> File:
+        first = await anext(aiter(requests), None)
+        if first is None or not first.HasField("metadata"):
+            raise InvalidArgument.field("metadata", "the first message must carry metadata")
+        meta = first.metadata
+        problems = []
+        if not meta.filename or len(meta.filename) > MAX_FILENAME:
+            problems.append(("metadata.filename", f"required, at most {MAX_FILENAME} characters"))
+        if meta.purpose not in (File.PURPOSE_FINE_TUNE, File.PURPOSE_USER_DATA):
+            problems.append(("metadata.purpose", "must be PURPOSE_FINE_TUNE or PURPOSE_USER_DATA"))
+        if problems:
+            raise InvalidArgument(problems)
+
+        file_id = new_id("file")
+        limit = self.plane.settings.max_upload_bytes
+        writer = self.plane.blobs.writer("files", file_id)
+        try:
+            async for message in requests:
+                if message.HasField("metadata"):
+                    raise InvalidArgument.field("metadata", "sent twice; only the first message")
+                if writer.size + len(message.chunk) > limit:
+                    raise ResourceExhausted(
+                        f"file is larger than the upload limit of {limit} bytes"
+                    )
+                writer.write(message.chunk)
+            path = writer.commit()
+        except OSError as error:
+            writer.discard()
+            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise ResourceExhausted("no space left to store the file") from error
+            raise
+        except BaseException:
+            writer.discard()
+            raise
+
+        record = File(
+            id=file_id,
+            filename=meta.filename,
+            purpose=meta.purpose,
+            bytes=writer.size,
+            sha256=writer.sha256,
+            state=File.STATE_PROCESSED,
+            create_time=timestamp(now()),
+        )
+        if meta.purpose == File.PURPOSE_FINE_TUNE:
+            report = await asyncio.to_thread(validate_file, path, filename=meta.filename)
+            record.validation.CopyFrom(report_proto(report))
+            record.state = File.STATE_PROCESSED if report.ok else File.STATE_ERROR
+        try:
+            with write(self.plane.db):
+                self.plane.save_file(record, caller_org())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return record
+
+    @authenticated
+    async def GetFile(self, request: files_pb2.GetFileRequest, context) -> File:
+        return records.get(self.plane.db, "files", File, caller_org(), request.file_id)
+
+    @authenticated
+    async def ListFiles(self, request: files_pb2.ListFilesRequest, context):
+        where, params = "org = ?", [caller_org()]
+        if request.purpose:
+            where, params = where + " AND purpose = ?", [*params, request.purpose]
+        rows, token = pages.newest_first(
+            self.plane.db,
+            "files",
+            where,
+            params,
+            pages.page_size(request.page_size),
+            request.page_token,
+        )
+        return files_pb2.ListFilesResponse(
+            files=[File.FromString(r["proto"]) for r in rows], next_page_token=token
+        )
+
+    @authenticated
+    async def DeleteFile(self, request: files_pb2.DeleteFileRequest, context):
+        org, db = caller_org(), self.plane.db
+        records.get(db, "files", File, org, request.file_id)
+        with write(db):
+            in_use = db.execute(
+                f"SELECT id FROM jobs WHERE org = ? AND state NOT IN ({FINAL_STATES_SQL})"
+                " AND ? IN (training_file, validation_file)",
+                [org, request.file_id],
+            ).fetchone()
+            if in_use:
+                raise FailedPrecondition(
+                    f"file {request.file_id!r} is used by job {in_use[0]!r}, which is not finished"
+                )
+            db.execute("DELETE FROM files WHERE id = ?", [request.file_id])
+        self.plane.blobs.delete("files", request.file_id)
+        return empty_pb2.Empty()
+
+    @authenticated
+    async def DownloadFile(self, request: files_pb2.DownloadFileRequest, context):
+        record = records.get(self.plane.db, "files", File, caller_org(), request.file_id)
+        path = self.plane.blobs.path("files", record.id)
+        offset = 0
+        with open(path, "rb") as blob:
+            # An empty file still gets one (empty) chunk carrying its sha256.
+            while (data := blob.read(CHUNK)) or offset == 0:
+                last = offset + len(data) >= record.bytes
+                yield files_pb2.DownloadFileResponse(
+                    chunk={
+                        "data": data,
+                        "offset": offset,
+                        "total_bytes": record.bytes,
+                        "sha256": record.sha256 if last else "",
+                    }
+                )
+                offset += len(data)
+                if last:
+                    break

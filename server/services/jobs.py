@@ -1,0 +1,170 @@
+"""JobService: create, read, steer and watch fine-tuning jobs."""
+
+from __future__ import annotations
+
+import grpc
+
+from server import lifecycle
+from server.control_plane import ControlPlane, authenticated
+from server.errors import InvalidArgument
+from server.ids import new_id, now, timestamp
+from server.job_spec import check_create
+from server.lifecycle import FINAL_STATES, Job
+from server.rpc import caller_org
+from server.store import pages
+from server.store.db import write
+from tunewire.v1 import checkpoints_pb2, jobs_pb2, jobs_pb2_grpc, worker_pb2
+
+STREAM_BATCH = 500
+
+
+class JobServicer(jobs_pb2_grpc.JobServiceServicer):
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+
+    @authenticated
+    async def CreateJob(self, request: jobs_pb2.CreateJobRequest, context) -> Job:
+        org, db = caller_org(), self.plane.db
+        if request.request_id:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE org = ? AND request_id = ?", [org, request.request_id]
+            ).fetchone()
+            if row:
+                return lifecycle.load(db, row[0])
+        job = check_create(db, org, request.job, request.request_id, self.plane.base_model_names())
+        job.id = new_id("ftjob")
+        job.organization = org
+        job.state = Job.STATE_VALIDATING_FILES
+        job.create_time.CopyFrom(timestamp(now()))
+        with write(db):
+            lifecycle.insert(db, job, request.request_id or None)
+            self.plane.events.append(
+                job.id,
+                f"Validating training file: {job.training_file}",
+                type=lifecycle.Event.TYPE_STATE,
+                data={"state": "validating_files"},
+            )
+            # Files were validated when they were uploaded, so the check is
+            # settled here and the job is queued in the same transaction.
+            lifecycle.transition(db, self.plane.events, job, Job.STATE_QUEUED, "Job queued")
+        self.plane.wake_scheduler()
+        return job
+
+    @authenticated
+    async def GetJob(self, request: jobs_pb2.GetJobRequest, context) -> Job:
+        return lifecycle.load(self.plane.db, request.job_id, caller_org())
+
+    @authenticated
+    async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context):
+        where, params = "org = ?", [caller_org()]
+        for key, value in sorted(request.metadata.items()):
+            where += " AND json_extract(metadata, ?) = ?"
+            params += [f'$."{key}"', value]
+        rows, token = pages.newest_first(
+            self.plane.db,
+            "jobs",
+            where,
+            params,
+            pages.page_size(request.page_size),
+            request.page_token,
+        )
+        return jobs_pb2.ListJobsResponse(
+            jobs=[Job.FromString(r["proto"]) for r in rows], next_page_token=token
+        )
+
+    @authenticated
+    async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context) -> Job:
+        db, events = self.plane.db, self.plane.events
+        with write(db):
+            job = lifecycle.load(db, request.job_id, caller_org())
+            if job.state in (Job.STATE_RUNNING, Job.STATE_PAUSING):
+                # The trainer sees the command at its next heartbeat and stops
+                # within one step; it then reports CANCELLED.
+                lifecycle.save(db, job, command=worker_pb2.COMMAND_CANCEL)
+                events.append(job.id, "Cancellation requested; stopping the trainer")
+            else:
+                lifecycle.transition(db, events, job, Job.STATE_CANCELLED, "Job cancelled")
+        self.plane.wake_scheduler()
+        return job
+
+    @authenticated
+    async def PauseJob(self, request: jobs_pb2.PauseJobRequest, context) -> Job:
+        db = self.plane.db
+        with write(db):
+            job = lifecycle.load(db, request.job_id, caller_org())
+            lifecycle.transition(
+                db,
+                self.plane.events,
+                job,
+                Job.STATE_PAUSING,
+                "Pause requested; saving a checkpoint",
+                command=worker_pb2.COMMAND_PAUSE,
+            )
+        return job
+
+    @authenticated
+    async def ResumeJob(self, request: jobs_pb2.ResumeJobRequest, context) -> Job:
+        db = self.plane.db
+        with write(db):
+            job = lifecycle.load(db, request.job_id, caller_org())
+            lifecycle.transition(
+                db,
+                self.plane.events,
+                job,
+                Job.STATE_QUEUED,
+                "Job resumed; waiting for a trainer",
+                command=worker_pb2.COMMAND_CONTINUE,
+            )
+        self.plane.wake_scheduler()
+        return job
+
+    @authenticated
+    async def ListJobEvents(self, request: jobs_pb2.ListJobEventsRequest, context):
+        lifecycle.load(self.plane.db, request.job_id, caller_org())
+        if request.after_sequence < 0:
+            raise InvalidArgument.field("after_sequence", "must not be negative")
+        cursor = request.after_sequence
+        if request.page_token:
+            (cursor,) = pages.decode(request.page_token, 1)
+        size = pages.page_size(request.page_size)
+        batch = self.plane.events.after(request.job_id, cursor, size + 1)
+        token = pages.encode([batch[size - 1].sequence]) if len(batch) > size else ""
+        return jobs_pb2.ListJobEventsResponse(events=batch[:size], next_page_token=token)
+
+    @authenticated
+    async def StreamJobEvents(
+        self, request: jobs_pb2.StreamJobEventsRequest, context: grpc.aio.ServicerContext
+    ):
+        db, events = self.plane.db, self.plane.events
+        lifecycle.load(db, request.job_id, caller_org())
+        if request.after_sequence < 0:
+            raise InvalidArgument.field("after_sequence", "must not be negative")
+        cursor = request.after_sequence
+        while True:
+            # Take the signal before reading: an append after the read sets it.
+            signal = events.signal(request.job_id)
+            batch = events.after(request.job_id, cursor, STREAM_BATCH)
+            for event in batch:
+                yield jobs_pb2.StreamJobEventsResponse(event=event)
+                cursor = event.sequence
+            if batch:
+                continue
+            if lifecycle.load(db, request.job_id).state in FINAL_STATES:
+                return
+            await signal.wait()
+
+    @authenticated
+    async def ListCheckpoints(self, request: jobs_pb2.ListCheckpointsRequest, context):
+        lifecycle.load(self.plane.db, request.job_id, caller_org())
+        rows, token = pages.newest_first(
+            self.plane.db,
+            "checkpoints",
+            "job_id = ?",
+            [request.job_id],
+            pages.page_size(request.page_size, default=10),
+            request.page_token,
+        )
+        return jobs_pb2.ListCheckpointsResponse(
+            checkpoints=[checkpoints_pb2.Checkpoint.FromString(r["proto"]) for r in rows],
+            next_page_token=token,
+        )

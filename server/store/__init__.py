@@ -1,0 +1,1 @@
+"""Persistence: SQLite (sqlite-utils) for records, a directory for blobs."""

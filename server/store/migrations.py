@@ -1,0 +1,80 @@
+"""Numbered schema migrations; append only, never edit one that has shipped.
+
+Records are stored as their protobuf message (`proto` column) next to the
+columns that queries filter and order on, so the API shape has one source.
+"""
+
+MIGRATIONS: list[str] = [
+    # 1: keys, files, jobs, events, checkpoints, models, exports
+    """
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    CREATE TABLE files (
+        id TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        purpose INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        proto BLOB NOT NULL
+    );
+    CREATE INDEX files_by_org ON files (org, created_at DESC, id DESC);
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        request_id TEXT,
+        training_file TEXT NOT NULL,
+        validation_file TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        lease_epoch INTEGER NOT NULL DEFAULT 0,
+        lease_expires_at REAL,
+        command INTEGER NOT NULL DEFAULT 0,
+        last_metrics_step INTEGER NOT NULL DEFAULT 0,
+        proto BLOB NOT NULL
+    );
+    CREATE INDEX jobs_by_org ON jobs (org, created_at DESC, id DESC);
+    CREATE INDEX jobs_by_state ON jobs (state, created_at);
+    CREATE UNIQUE INDEX jobs_by_request ON jobs (org, request_id) WHERE request_id IS NOT NULL;
+    CREATE TABLE events (
+        parent TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        proto BLOB NOT NULL,
+        PRIMARY KEY (parent, sequence)
+    ) WITHOUT ROWID;
+    CREATE TABLE checkpoints (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        path TEXT NOT NULL,
+        proto BLOB NOT NULL,
+        UNIQUE (job_id, step)
+    );
+    CREATE TABLE models (
+        id TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        adapter_path TEXT NOT NULL,
+        proto BLOB NOT NULL
+    );
+    CREATE INDEX models_by_org ON models (org, created_at DESC, id DESC);
+    CREATE TABLE exports (
+        id TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        model_id TEXT NOT NULL,
+        format INTEGER NOT NULL,
+        quantize_int8 INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        proto BLOB NOT NULL,
+        UNIQUE (org, model_id, format, quantize_int8)
+    );
+    CREATE INDEX exports_by_org ON exports (org, created_at DESC, id DESC)
+    """,
+]
