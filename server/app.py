@@ -13,10 +13,12 @@ from grpc_reflection.v1alpha import reflection
 from server import auth
 from server.config import Settings
 from server.control_plane import ControlPlane
+from server.scheduler import Scheduler
 from server.services.exports import ExportServicer
 from server.services.files import FileServicer
 from server.services.jobs import JobServicer
 from server.services.models import ModelServicer
+from server.services.worker import WorkerServicer
 from tunewire.v1 import (
     exports_pb2,
     exports_pb2_grpc,
@@ -26,6 +28,7 @@ from tunewire.v1 import (
     jobs_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    worker_pb2_grpc,
 )
 
 log = logging.getLogger("tunewire.server")
@@ -69,12 +72,17 @@ async def serve(settings: Settings) -> None:
     for module, name, add, servicer in SERVICES:
         add(servicer(plane), server)
         names.append(module.DESCRIPTOR.services_by_name[name].full_name)
+    worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(plane), server)
     reflection.enable_server_reflection(names, server)
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     print(f"tunewire: serving gRPC on {settings.host}:{port}", flush=True)
+
+    local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]") else settings.host
+    scheduler = Scheduler(plane, f"{local}:{port}")
+    scheduling = asyncio.create_task(scheduler.run())
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -84,5 +92,9 @@ async def serve(settings: Settings) -> None:
 
     log.warning("shutting down", extra={"fields": {"grace_seconds": GRACE_SECONDS}})
     await health_servicer.enter_graceful_shutdown()
+    scheduling.cancel()
+    # Trainers are stopped, not drained: their jobs resume from their last
+    # checkpoint when the control plane starts again.
+    await scheduler.shutdown()
     await server.stop(GRACE_SECONDS)
     plane.db.close()

@@ -31,7 +31,8 @@ for sub, name in (
 ):
     app.add_typer(sub, name=name, no_args_is_help=True)
 
-console = Console()
+# Piped output keeps whole rows (ids unbroken) for grep and scripts.
+console = Console(width=None if sys.stdout.isatty() else 240)
 err = Console(stderr=True)
 
 Address = Annotated[
@@ -41,6 +42,14 @@ ApiKey = Annotated[
     str | None,
     typer.Option(envvar="TUNEWIRE_API_KEY", help="API key (default: <home>/api-key)."),
 ]
+
+
+def _table(*columns: str) -> Table:
+    # Ids are what people copy from these tables: fold long ones, never crop them.
+    table = Table()
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
 
 
 def _client(address: str, api_key: str | None) -> Client:
@@ -91,7 +100,7 @@ def keys_list() -> None:
     from server import auth
     from server.store.db import connect
 
-    table = Table("id", "org", "prefix", "revoked")
+    table = _table("id", "org", "prefix", "revoked")
     for row in auth.list_keys(connect(Settings().db_path)):
         table.add_row(
             row["id"], row["org"], row["prefix"] + "…", "yes" if row["revoked_at"] else ""
@@ -141,7 +150,7 @@ def models_list(address: Address = "localhost:50051", api_key: ApiKey = None) ->
         tuned = client.models.ListModels(models_pb2.ListModelsRequest(), metadata=client.metadata)
     except grpc.RpcError as error:
         _fail(error)
-    table = Table("model", "kind", "base", "parameters / job")
+    table = _table("model", "kind", "base", "parameters / job")
     for m in bases.base_models:
         table.add_row(m.id, "base", m.architecture, f"{m.parameter_count:,}")
     for m in tuned.models:
@@ -175,7 +184,7 @@ def files_upload(
 def files_list(address: Address = "localhost:50051", api_key: ApiKey = None) -> None:
     """List your files, newest first."""
     client = _client(address, api_key)
-    table = Table("id", "filename", "bytes", "state", "examples")
+    table = _table("id", "filename", "bytes", "state", "examples")
     token = ""
     try:
         while True:
@@ -286,7 +295,7 @@ def jobs_list(
         )
     except grpc.RpcError as error:
         _fail(error)
-    table = Table("id", "model", "state", "fine-tuned model")
+    table = _table("id", "model", "state", "fine-tuned model")
     for j in page.jobs:
         table.add_row(
             j.id, j.base_model, jobs_pb2.Job.State.Name(j.state)[6:].lower(), j.fine_tuned_model

@@ -32,8 +32,17 @@ class EventLog:
         level: Event.Level.ValueType = Event.LEVEL_INFO,
         type: Event.Type.ValueType = Event.TYPE_MESSAGE,
         data: dict | None = None,
-    ) -> Event:
-        """Append an event; call inside a write transaction."""
+        dedupe_key: str | None = None,
+    ) -> Event | None:
+        """Append an event; call inside a write transaction. With `dedupe_key`, an
+        event whose key `parent` already has is dropped (returns None)."""
+        if (
+            dedupe_key
+            and self.db.execute(
+                "SELECT 1 FROM events WHERE parent = ? AND dedupe_key = ?", [parent, dedupe_key]
+            ).fetchone()
+        ):
+            return None
         last = self.db.execute(
             "SELECT MAX(sequence) FROM events WHERE parent = ?", [parent]
         ).fetchone()[0]
@@ -51,7 +60,12 @@ class EventLog:
             payload.update(data)
             event.data.CopyFrom(payload)
         self.db["events"].insert(
-            {"parent": parent, "sequence": event.sequence, "proto": event.SerializeToString()}
+            {
+                "parent": parent,
+                "sequence": event.sequence,
+                "dedupe_key": dedupe_key,
+                "proto": event.SerializeToString(),
+            }
         )
         signal = self._signals.pop(parent, None)
         if signal is not None:

@@ -35,9 +35,11 @@ def watch(client: Client, job_id: str, after: int, console: Console) -> str:
             if event.type == Event.TYPE_METRICS and "step" in data:
                 if task is None:
                     task = bar.add_task("train", total=int(data.get("total_steps", 0)), loss="…")
-                bar.update(
-                    task, completed=int(data["step"]), loss=f"{data.get('train_loss', 0):.3f}"
-                )
+                step, total = int(data["step"]), int(data.get("total_steps", 0))
+                bar.update(task, completed=step, loss=f"{data.get('train_loss', 0):.3f}")
+                # Keep a line at every tenth of the run, so the log outlives the bar.
+                if total and (step == total or step % max(1, total // 10) == 0):
+                    console.print(f"[dim]{event.sequence:>4}[/dim] {event.message}")
                 continue
             if event.type == Event.TYPE_STATE:
                 state = str(data.get("state", state))

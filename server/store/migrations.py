@@ -35,7 +35,6 @@ MIGRATIONS: list[str] = [
         lease_epoch INTEGER NOT NULL DEFAULT 0,
         lease_expires_at REAL,
         command INTEGER NOT NULL DEFAULT 0,
-        last_metrics_step INTEGER NOT NULL DEFAULT 0,
         proto BLOB NOT NULL
     );
     CREATE INDEX jobs_by_org ON jobs (org, created_at DESC, id DESC);
@@ -44,9 +43,11 @@ MIGRATIONS: list[str] = [
     CREATE TABLE events (
         parent TEXT NOT NULL,
         sequence INTEGER NOT NULL,
+        dedupe_key TEXT,
         proto BLOB NOT NULL,
         PRIMARY KEY (parent, sequence)
     ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX events_by_key ON events (parent, dedupe_key) WHERE dedupe_key IS NOT NULL;
     CREATE TABLE checkpoints (
         id TEXT PRIMARY KEY,
         job_id TEXT NOT NULL,
@@ -60,6 +61,7 @@ MIGRATIONS: list[str] = [
         id TEXT PRIMARY KEY,
         org TEXT NOT NULL,
         job_id TEXT NOT NULL,
+        checkpoint_id TEXT,
         created_at REAL NOT NULL,
         adapter_path TEXT NOT NULL,
         proto BLOB NOT NULL

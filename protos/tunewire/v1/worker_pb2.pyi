@@ -88,16 +88,18 @@ class ReportPlanResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ReportEventRequest(_message.Message):
-    __slots__ = ("lease", "level", "message", "data")
+    __slots__ = ("lease", "level", "message", "data", "dedupe_key")
     LEASE_FIELD_NUMBER: _ClassVar[int]
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    DEDUPE_KEY_FIELD_NUMBER: _ClassVar[int]
     lease: Lease
     level: _events_pb2.Event.Level
     message: str
     data: _struct_pb2.Struct
-    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., level: _Optional[_Union[_events_pb2.Event.Level, str]] = ..., message: _Optional[str] = ..., data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    dedupe_key: str
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., level: _Optional[_Union[_events_pb2.Event.Level, str]] = ..., message: _Optional[str] = ..., data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., dedupe_key: _Optional[str] = ...) -> None: ...
 
 class ReportEventResponse(_message.Message):
     __slots__ = ()

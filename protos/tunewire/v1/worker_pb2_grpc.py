@@ -111,7 +111,7 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportMetrics(self, request, context):
-        """Reports training metrics of a step; a step already reported is ignored.
+        """Reports training metrics of a step; a step already reported is dropped.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,1 @@
+"""Tunewire control plane: gRPC services, store, scheduler and executors."""
