@@ -24,7 +24,7 @@ MAX_REQUEST_ID = 128
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "n_epochs": (1, 50, True, True),
     "batch_size": (1, 256, True, True),
-    "learning_rate_multiplier": (0, 10, False, True),
+    "learning_rate_multiplier": (0, 100, False, True),
     "beta": (0, 2, False, True),
     "lora_rank": (1, 256, True, True),
     "lora_alpha": (1, 1024, True, True),
@@ -35,8 +35,13 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
 }
 
 
+def _number(value: float) -> str:
+    # `:g` alone writes 1000000 as 1e+06, and 1000001 as 1e+06 too.
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _range_text(low: float, high: float, low_in: bool, high_in: bool) -> str:
-    return f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+    return f"{'[' if low_in else '('}{_number(low)}, {_number(high)}{']' if high_in else ')'}"
 
 
 def check_hyperparameters(hp: jobs_pb2.Hyperparameters) -> list[tuple[str, str]]:
@@ -51,7 +56,7 @@ def check_hyperparameters(hp: jobs_pb2.Hyperparameters) -> list[tuple[str, str]]
             problems.append(
                 (
                     f"job.hyperparameters.{name}",
-                    f"{value:g} is out of range {_range_text(low, high, low_in, high_in)}",
+                    f"{_number(value)} is out of range {_range_text(low, high, low_in, high_in)}",
                 )
             )
     return problems

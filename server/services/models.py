@@ -47,7 +47,8 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         rows, token = pages.newest_first(
             self.plane.db,
             "models",
-            "org = ?",
+            # Checkpoint models resolve by name but are not listed, as in OpenAI's API.
+            "org = ? AND checkpoint_id IS NULL",
             [caller_org()],
             pages.page_size(request.page_size),
             request.page_token,

@@ -34,6 +34,7 @@ from tunewire.v1 import (
 )
 
 Outcome = worker_pb2.ReportResultRequest
+CHECKPOINT_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 LEVELS = frozenset({Event.LEVEL_INFO, Event.LEVEL_WARN, Event.LEVEL_ERROR})
 
 
@@ -153,12 +154,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 job.id,
                 f"Training plan: {hp.n_epochs} epoch(s), batch size {hp.batch_size}, "
                 f"learning rate multiplier {hp.learning_rate_multiplier:g}, "
-                f"{request.total_steps} steps",
+                f"{request.total_steps} steps"
+                + (f"; resuming at step {request.start_step}" if request.start_step else ""),
                 data={
                     **json_format.MessageToDict(hp, preserving_proto_field_name=True),
                     "total_steps": request.total_steps,
+                    "start_step": request.start_step,
                 },
-                dedupe_key="plan",
+                dedupe_key=f"plan:{request.start_step}",
             )
         self._pace[job.id] = (time.monotonic(), request.start_step)
         return worker_pb2.ReportPlanResponse()
@@ -245,9 +248,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     "proto": checkpoint.SerializeToString(),
                 }
             )
-            self._register_model(
-                job, checkpoint.model, Path(request.path), checkpoint_id=checkpoint.id
+            # The trainer keeps only its last few checkpoints; the model store
+            # keeps every registered checkpoint's adapter for good.
+            adapter = self._store_adapter(
+                job, f"ckpt-step-{request.step}", Path(request.path), CHECKPOINT_ADAPTER_FILES
             )
+            self._register_model(job, checkpoint.model, adapter, checkpoint_id=checkpoint.id)
             self.plane.events.append(
                 job.id,
                 f"Checkpoint created at step {request.step}",
@@ -255,6 +261,24 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 dedupe_key=f"checkpoint:{request.step}",
             )
         return worker_pb2.ReportCheckpointResponse(checkpoint=checkpoint)
+
+    def _store_adapter(
+        self, job: Job, name: str, source: Path, only: tuple[str, ...] | None = None
+    ) -> Path:
+        """Copy an adapter into blobs/models/<job>/<name>, staged then renamed into place."""
+        target = self.plane.blobs.path("models", job.id) / name
+        if target.exists():
+            return target
+        staging = self.plane.blobs.root / "tmp" / f"{job.id}-{name}.{secrets.token_hex(4)}"
+        if only is None:
+            shutil.copytree(source, staging)
+        else:
+            staging.mkdir()
+            for filename in only:
+                shutil.copy2(source / filename, staging / filename)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, target)
+        return target
 
     def _register_model(
         self, job: Job, name: str, adapter: Path, checkpoint_id: str = ""
@@ -354,12 +378,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         # The adapter moves out of the attempt dir into the model store, so
         # pruning attempts never takes a model's weights with it.
         name = model_name(job)
-        adapter = self.plane.blobs.path("models", job.id)
-        if not adapter.exists():
-            staging = self.plane.blobs.root / "tmp" / f"{job.id}.{secrets.token_hex(4)}"
-            shutil.copytree(request.adapter_path, staging)
-            adapter.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, adapter)
+        adapter = self._store_adapter(job, "final", Path(request.adapter_path))
         self._register_model(job, name, adapter)
         job.fine_tuned_model = name
         job.trained_tokens = request.trained_tokens
