@@ -75,10 +75,11 @@ class LocalExecutor:
         log.info("trainer exited", extra={"fields": {"job": job_id, "code": code}})
         self.on_exit(job_id, epoch, code)
 
-    def kill(self, job_id: str) -> None:
-        """SIGKILL the job's trainer (and its children), if it runs."""
+    def kill(self, job_id: str, epoch: int | None = None) -> None:
+        """SIGKILL the job's trainer (and its children), if it runs; with `epoch`,
+        only the trainer of that lease, never a newer attempt's."""
         entry = self._procs.get(job_id)
-        if entry is None:
+        if entry is None or (epoch is not None and entry[0] != epoch):
             return
         try:
             os.killpg(entry[1].pid, signal.SIGKILL)

@@ -11,7 +11,7 @@ import sqlite_utils
 from server.errors import FailedPrecondition, NotFound
 from server.events import EventLog
 from server.ids import now, timestamp
-from tunewire.v1 import events_pb2, jobs_pb2
+from tunewire.v1 import common_pb2, events_pb2, jobs_pb2, worker_pb2
 
 Job = jobs_pb2.Job
 Event = events_pb2.Event
@@ -109,3 +109,60 @@ def transition(
         data={"state": state_name(state), **(data or {})},
     )
     return job
+
+
+def end_attempt(
+    db: sqlite_utils.Database,
+    events: EventLog,
+    job: Job,
+    command: int,
+    reason: str,
+    *,
+    max_attempts: int,
+    error_code: str = "trainer_lost",
+    counts: bool = True,
+) -> Job:
+    """A trainer attempt ended without finishing the job: honour a pending cancel or
+    pause, else retry from the last checkpoint until `max_attempts` attempts have
+    ended this way, then fail saying why. `counts=False` (a control-plane restart)
+    retries without spending an attempt. In a write transaction."""
+    end_lease = {"lease_expires_at": None, "command": worker_pb2.COMMAND_CONTINUE}
+    attempt = job.progress.attempt
+    if command == worker_pb2.COMMAND_CANCEL:
+        return transition(db, events, job, Job.STATE_CANCELLED, "Job cancelled", **end_lease)
+    if job.state == Job.STATE_PAUSING:
+        return transition(
+            db,
+            events,
+            job,
+            Job.STATE_PAUSED,
+            f"Job paused at its last checkpoint ({reason} before it could save one)",
+            **end_lease,
+        )
+    if counts and attempt >= max_attempts:
+        job.error.CopyFrom(
+            common_pb2.Error(
+                code=error_code, message=f"gave up after {attempt} attempt(s); last: {reason}"
+            )
+        )
+        return transition(
+            db,
+            events,
+            job,
+            Job.STATE_FAILED,
+            f"Job failed: {job.error.message}",
+            level=Event.LEVEL_ERROR,
+            data={"error": error_code},
+            **end_lease,
+        )
+    if not counts:
+        job.progress.attempt -= 1  # the next start reuses this attempt's number
+    return transition(
+        db,
+        events,
+        job,
+        Job.STATE_QUEUED,
+        f"Trainer attempt {attempt} ended ({reason}); the job will resume from its last checkpoint",
+        level=Event.LEVEL_WARN,
+        **end_lease,
+    )

@@ -11,9 +11,9 @@ from server import lifecycle
 from server.control_plane import ControlPlane
 from server.executor import LocalExecutor
 from server.ids import now
-from server.lifecycle import Event, Job
+from server.lifecycle import Job
 from server.store.db import write
-from tunewire.v1 import common_pb2, worker_pb2
+from tunewire.v1 import worker_pb2
 
 log = logging.getLogger("tunewire.scheduler")
 
@@ -82,60 +82,22 @@ class Scheduler:
 
     def _lost(self, job_id: str, epoch: int, reason: str, counts: bool = True) -> None:
         db, events = self.plane.db, self.plane.events
-        self.executor.kill(job_id)
+        self.executor.kill(job_id, epoch)
         with write(db):
             row = db.execute(
                 "SELECT lease_epoch, state, command FROM jobs WHERE id = ?", [job_id]
             ).fetchone()
             if row is None or row[0] != epoch or row[1] not in LEASED:
                 return
-            job = lifecycle.load(db, job_id)
-            end_lease = {"lease_expires_at": None, "command": worker_pb2.COMMAND_CONTINUE}
-            if row[2] == worker_pb2.COMMAND_CANCEL:
-                lifecycle.transition(
-                    db, events, job, Job.STATE_CANCELLED, "Job cancelled", **end_lease
-                )
-            elif job.state == Job.STATE_PAUSING:
-                lifecycle.transition(
-                    db,
-                    events,
-                    job,
-                    Job.STATE_PAUSED,
-                    f"Job paused at its last checkpoint ({reason} before it could save one)",
-                    **end_lease,
-                )
-            elif counts and job.progress.attempt >= self.plane.settings.max_attempts:
-                job.error.CopyFrom(
-                    common_pb2.Error(
-                        code="trainer_lost",
-                        message=f"the trainer was lost {job.progress.attempt} time(s); "
-                        f"last: {reason}",
-                    )
-                )
-                lifecycle.transition(
-                    db,
-                    events,
-                    job,
-                    Job.STATE_FAILED,
-                    f"Job failed: {job.error.message}",
-                    level=Event.LEVEL_ERROR,
-                    data={"error": "trainer_lost"},
-                    **end_lease,
-                )
-            else:
-                lost_attempt = job.progress.attempt
-                if not counts:
-                    job.progress.attempt -= 1  # the next start reuses this attempt's number
-                lifecycle.transition(
-                    db,
-                    events,
-                    job,
-                    Job.STATE_QUEUED,
-                    f"Trainer attempt {lost_attempt} lost ({reason}); "
-                    "the job will resume from its last checkpoint",
-                    level=Event.LEVEL_WARN,
-                    **end_lease,
-                )
+            lifecycle.end_attempt(
+                db,
+                events,
+                lifecycle.load(db, job_id),
+                row[2],
+                reason,
+                max_attempts=self.plane.settings.max_attempts,
+                counts=counts,
+            )
         log.warning("trainer lost", extra={"fields": {"job": job_id, "reason": reason}})
 
     async def _start_queued(self) -> None:

@@ -38,6 +38,8 @@ COMMANDS = {
 # How long a report may keep failing with UNAVAILABLE (control plane
 # restarting) before the worker gives up; its lease is gone by then anyway.
 RETRY_SECONDS = 30.0
+# Fault injection for tests: "step:N" makes every attempt raise at step N.
+FAILPOINT = os.environ.get("TUNEWIRE_FAILPOINT", "")
 HP_FIELDS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 TARGETS = {1: "QV", 2: "QKVO", 3: "QKVO_FFN"}
 
@@ -97,30 +99,17 @@ def _nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def _data_path(out: Path, name: str, blob: str, filename: str) -> str:
-    """The blob under a name with the upload's suffix: plain-text documents are
-    recognised by their suffix, and blobs are stored without one."""
-    from trainer.formats import is_plain_text
-
-    link = out / f"{name}{Path(filename).suffix if is_plain_text(filename) else '.jsonl'}"
-    link.unlink(missing_ok=True)
-    link.symlink_to(blob)
-    return str(link)
-
-
 def train_args(start: worker_pb2.StartAttemptResponse):
     from trainer.args import TrainArgs
 
     job, hp = start.job, start.job.hyperparameters
-    out = Path(start.output_dir)
     values: dict[str, Any] = {
         "base_model": start.base_model_path,
-        "train_file": _data_path(out, "train", start.training_file_path, start.training_filename),
-        "validation_file": _data_path(
-            out, "valid", start.validation_file_path, start.validation_filename
-        )
-        if start.validation_file_path
-        else None,
+        # Blobs are stored without a suffix; the upload names tell text from JSONL.
+        "train_file": start.training_file_path,
+        "train_file_name": start.training_filename,
+        "validation_file": start.validation_file_path or None,
+        "validation_file_name": start.validation_filename,
         "output_dir": start.output_dir,
         "seed": job.seed,
         "resume_from": start.resume_checkpoint_path or None,
@@ -175,6 +164,8 @@ def run(reporter: Reporter, heartbeat_seconds: float) -> None:
     def on_metrics(
         *, step: int, total_steps: int, epoch: float, tokens_trained: int, **metrics: float
     ) -> None:
+        if FAILPOINT == f"step:{step}":
+            raise RuntimeError(f"failpoint {FAILPOINT} reached")
         reporter.call(
             "ReportMetrics",
             step=step,

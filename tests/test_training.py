@@ -179,7 +179,7 @@ def test_kill_9_resumes_from_the_last_checkpoint(org: Org, sample: files_pb2.Fil
     assert done.progress.attempt == 2
 
     messages = [e.message for e in events]
-    lost = next(m for m in messages if m.startswith("Trainer attempt 1 lost"))
+    lost = next(m for m in messages if m.startswith("Trainer attempt 1 ended"))
     assert "exited with code -9" in lost
     resumed = next(e for e in events if e.message.startswith("Resuming from checkpoint step"))
     resume_step = int(resumed.data["resume_step"])
@@ -242,3 +242,24 @@ def test_a_file_with_validation_errors_never_trains(org: Org):
     assert all(
         j.training_file != bad.id for j in org.jobs.ListJobs(jobs_pb2.ListJobsRequest()).jobs
     )
+
+
+def test_a_poison_step_fails_the_job_after_the_retry_limit(start_server, models_dir: Path):
+    srv = start_server(
+        TUNEWIRE_MAX_RUNNING_JOBS="1",
+        TUNEWIRE_MAX_ATTEMPTS="2",
+        TUNEWIRE_FAILPOINT="step:3",
+    )
+    org = srv.default
+    job = create(org, org.upload_sample().id, seed=1, n_epochs=1)
+    events = run_to_end(org, job.id)
+    done = org.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
+    assert done.state == Job.STATE_FAILED
+    assert done.error.code == "training_error"
+    assert done.error.message == (
+        "gave up after 2 attempt(s); last: RuntimeError: failpoint step:3 reached"
+    )
+    assert done.progress.attempt == 2
+    retried = [e.message for e in events if e.message.startswith("Trainer attempt 1 ended")]
+    assert len(retried) == 1
+    assert events[-1].level == Event.LEVEL_ERROR

@@ -34,6 +34,9 @@ from tunewire.v1 import (
 )
 
 Outcome = worker_pb2.ReportResultRequest
+# Errors that may pass on another attempt (a crash, an out-of-memory); bad
+# arguments fail at once.
+RETRYABLE = frozenset({"training_error"})
 CHECKPOINT_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 LEVELS = frozenset({Event.LEVEL_INFO, Event.LEVEL_WARN, Event.LEVEL_ERROR})
 
@@ -353,6 +356,19 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     Job.STATE_PAUSED,
                     f"Job paused at step {job.progress.step}; resume to continue",
                     **done,
+                )
+            elif request.outcome == Outcome.OUTCOME_FAILED and request.error.code in RETRYABLE:
+                (command,) = db.execute(
+                    "SELECT command FROM jobs WHERE id = ?", [job.id]
+                ).fetchone()
+                lifecycle.end_attempt(
+                    db,
+                    events,
+                    job,
+                    command,
+                    request.error.message,
+                    max_attempts=self.plane.settings.max_attempts,
+                    error_code=request.error.code,
                 )
             elif request.outcome == Outcome.OUTCOME_FAILED:
                 job.error.CopyFrom(request.error)

@@ -1,0 +1,272 @@
+"""The arguments of one training run, their validation, and the rule that resolves "auto"."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Auto = Literal["auto"]
+TargetPreset = Literal["QV", "QKVO", "QKVO_FFN"]
+Schedule = Literal["linear", "cosine"]
+
+TARGET_PRESETS: tuple[str, ...] = ("QV", "QKVO", "QKVO_FFN")
+SCHEDULES: tuple[str, ...] = ("linear", "cosine")
+
+
+@dataclass(frozen=True)
+class ArgProblem:
+    """One thing wrong with the arguments."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class InvalidArgs(ValueError):
+    """Raised by `TrainArgs.validate` with every problem found, not just the first."""
+
+    def __init__(self, problems: list[ArgProblem]) -> None:
+        super().__init__("; ".join(str(problem) for problem in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """The concrete values a run uses once "auto" is resolved; reported back to the user."""
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    learning_rate: float
+    """`base_learning_rate * learning_rate_multiplier`: the peak learning rate."""
+
+
+@dataclass
+class TrainArgs:
+    """Everything one LoRA supervised fine-tuning run needs. Paths are local paths; the
+    control plane resolves model names and file ids before it builds these."""
+
+    base_model: str
+    """Directory of the base model (config.json, safetensors weights, tokenizer)."""
+    train_file: str
+    """Training data: JSONL in any format `trainer.formats` reads, or a .txt/.md document."""
+    output_dir: str
+    """Where the run writes `checkpoints/`, `adapter/` and `metrics.csv`."""
+    validation_file: str | None = None
+    """Optional validation data in the same formats; enables valid_loss and early stopping."""
+    train_file_name: str = ""
+    """The name `train_file` was uploaded as, when stored under another: a .txt/.md name
+    makes the file one text document, anything else is read as JSONL."""
+    validation_file_name: str = ""
+    """Likewise for `validation_file`."""
+
+    n_epochs: int | Auto = "auto"
+    """Passes over the training data, or "auto" (see `resolve_auto`)."""
+    batch_size: int | Auto = "auto"
+    """Sequences per micro-batch, or "auto". Each optimizer step sees
+    `batch_size * gradient_accumulation_steps` sequences."""
+    learning_rate_multiplier: float | Auto = "auto"
+    """Scales `base_learning_rate`, as in OpenAI's API, or "auto"."""
+    base_learning_rate: float = 2e-4
+    """Peak learning rate at multiplier 1; 2e-4 is the usual LoRA learning rate."""
+
+    lora_rank: int = 8
+    """Rank r of the LoRA matrices."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator: the update is scaled by alpha / r."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input during training."""
+    target_modules: TargetPreset = "QV"
+    """Which projections get adapters: QV, QKVO (all attention) or QKVO_FFN (attention + MLP)."""
+
+    warmup_ratio: float = 0.1
+    """Fraction of the optimizer steps spent warming the learning rate up linearly from 0."""
+    lr_schedule: Schedule = "linear"
+    """Decay after warmup, to 0 at the last step: "linear" or "cosine"."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on the adapter weights."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches whose gradients are summed before each optimizer step."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global L2 norm; 0 disables clipping."""
+    max_seq_len: int = 1024
+    """Longer examples are truncated (and counted); capped at the model's context length."""
+    seed: int = 42
+    """Seeds weight init, dropout and data order: same seed, same data, same losses."""
+    cpu_threads: int = 0
+    """Torch threads when training on CPU; 0 picks 1 for models under 100M parameters
+    (their ops are too small for threads to pay off, and spinning threads slow down
+    by 10-30x when other processes share the cores) and torch's default otherwise."""
+    deterministic: bool = False
+    """Ask torch for deterministic kernels (needed on CUDA for bit-identical reruns; CPU
+    runs are deterministic anyway)."""
+
+    eval_every_steps: int = 0
+    """Validate every N optimizer steps; 0 validates only at checkpoints and epoch ends."""
+    checkpoint_every_steps: int = 0
+    """Write a checkpoint every N optimizer steps; 0 writes one only at each epoch end."""
+    keep_checkpoints: int = 3
+    """How many of the most recent checkpoints to keep (the best one is always kept too)."""
+    early_stopping_patience: int = 0
+    """Stop after this many validations without improvement; 0 disables early stopping."""
+    early_stopping_threshold: float = 0.0
+    """An improvement is a valid_loss below the best so far by more than this."""
+    log_every_steps: int = 1
+    """Report train metrics through `Callbacks.on_metrics` every N optimizer steps."""
+    resume_from: str | None = None
+    """A checkpoint dir (`.../checkpoints/step-000123`) to continue from exactly."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainArgs:
+        """Build from JSON-like data; unknown or missing keys raise InvalidArgs together."""
+        known = {field.name: field for field in dataclasses.fields(cls)}
+        problems = [ArgProblem(key, "unknown argument") for key in values if key not in known]
+        problems += [
+            ArgProblem(name, "required")
+            for name, field in known.items()
+            if name not in values
+            and field.default is dataclasses.MISSING
+            and field.default_factory is dataclasses.MISSING
+        ]
+        if problems:
+            raise InvalidArgs(problems)
+        return cls(**values)
+
+    def problems(self) -> list[ArgProblem]:
+        """Every problem with these arguments, each naming its field."""
+        found: list[ArgProblem] = []
+
+        def check(ok: bool, field: str, message: str) -> None:
+            if not ok:
+                found.append(ArgProblem(field, message))
+
+        check(_is_file(self.base_model, "config.json"), "base_model",
+              f"{self.base_model!r} is not a model directory")
+        check(_is_file(self.train_file), "train_file", f"{self.train_file!r} not found")
+        if self.validation_file is not None:
+            check(_is_file(self.validation_file), "validation_file",
+                  f"{self.validation_file!r} not found")
+        check(isinstance(self.output_dir, str) and bool(self.output_dir), "output_dir", "required")
+        if self.resume_from is not None:
+            check(_is_file(self.resume_from, "trainer_state.json"), "resume_from",
+                  f"{self.resume_from!r} is not a checkpoint directory")
+
+        check(_auto_or_int(self.n_epochs, 1, 100), "n_epochs",
+              "must be an integer in [1, 100] or 'auto'")
+        check(_auto_or_int(self.batch_size, 1, 1024), "batch_size",
+              "must be an integer in [1, 1024] or 'auto'")
+        check(self.learning_rate_multiplier == "auto"
+              or (_is_number(self.learning_rate_multiplier)
+                  and 0 < self.learning_rate_multiplier <= 100),
+              "learning_rate_multiplier", "must be a number in (0, 100] or 'auto'")
+        check(_is_number(self.base_learning_rate) and 0 < self.base_learning_rate < 1,
+              "base_learning_rate", "must be in (0, 1)")
+
+        check(_is_int(self.lora_rank) and 1 <= self.lora_rank <= 1024, "lora_rank",
+              "must be an integer in [1, 1024]")
+        check(_is_number(self.lora_alpha) and self.lora_alpha > 0, "lora_alpha", "must be > 0")
+        check(_is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1, "lora_dropout",
+              "must be in [0, 1)")
+        check(self.target_modules in TARGET_PRESETS, "target_modules",
+              f"must be one of {', '.join(TARGET_PRESETS)}")
+
+        check(_is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, "warmup_ratio",
+              "must be in [0, 1)")
+        check(self.lr_schedule in SCHEDULES, "lr_schedule",
+              f"must be one of {', '.join(SCHEDULES)}")
+        check(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
+              "must be >= 0")
+        check(_is_int(self.gradient_accumulation_steps) and self.gradient_accumulation_steps >= 1,
+              "gradient_accumulation_steps", "must be an integer >= 1")
+        check(_is_number(self.max_grad_norm) and self.max_grad_norm >= 0, "max_grad_norm",
+              "must be >= 0")
+        check(_is_int(self.max_seq_len) and self.max_seq_len >= 8, "max_seq_len",
+              "must be an integer >= 8")
+        check(_is_int(self.seed) and 0 <= self.seed <= 2**31 - 1, "seed",
+              "must be an integer in [0, 2147483647]")
+
+        for name in (
+            "eval_every_steps",
+            "checkpoint_every_steps",
+            "early_stopping_patience",
+            "cpu_threads",
+        ):
+            check(_is_int(getattr(self, name)) and getattr(self, name) >= 0, name,
+                  "must be an integer >= 0")
+        check(_is_int(self.keep_checkpoints) and self.keep_checkpoints >= 1, "keep_checkpoints",
+              "must be an integer >= 1")
+        check(_is_int(self.log_every_steps) and self.log_every_steps >= 1, "log_every_steps",
+              "must be an integer >= 1")
+        check(_is_number(self.early_stopping_threshold) and self.early_stopping_threshold >= 0,
+              "early_stopping_threshold", "must be >= 0")
+        return found
+
+    def validate(self) -> None:
+        """Raise InvalidArgs listing every problem, if there is any."""
+        if found := self.problems():
+            raise InvalidArgs(found)
+
+    def resolve_auto(self, n_examples: int, n_tokens: int) -> Hyperparameters:
+        """Replace each "auto" with a value from the dataset's size (OpenAI's published rule,
+        adapted to LoRA on one device). `n_examples` counts training sequences, `n_tokens`
+        their tokens.
+
+        - n_epochs: 3, raised so small datasets are seen at least 100 times in all
+          (`100 // n_examples`, at most 25) and lowered so big ones stop near 25,000
+          examples seen (`25000 // n_examples`, at least 1).
+        - batch_size: 0.2% of the examples, clamped to [1, 8], then halved while a batch
+          would hold more than 16,384 tokens on average (memory stays bounded on long data).
+        - learning_rate_multiplier: square-root scaling with the effective batch
+          (`batch_size * gradient_accumulation_steps`), 1.0 at 4, clamped to [0.5, 2.0],
+          rounded to 2 decimals: larger batches average out noise and take larger steps.
+        """
+        if self.n_epochs != "auto":
+            n_epochs = int(self.n_epochs)
+        elif n_examples * 3 < 100:
+            n_epochs = min(25, 100 // max(n_examples, 1))
+        elif n_examples * 3 > 25_000:
+            n_epochs = max(1, 25_000 // n_examples)
+        else:
+            n_epochs = 3
+
+        if self.batch_size != "auto":
+            batch_size = int(self.batch_size)
+        else:
+            batch_size = min(8, max(1, round(n_examples * 0.002)))
+            mean_tokens = n_tokens / max(n_examples, 1)
+            while batch_size > 1 and batch_size * mean_tokens > 16_384:
+                batch_size //= 2
+
+        if self.learning_rate_multiplier != "auto":
+            multiplier = float(self.learning_rate_multiplier)
+        else:
+            effective = batch_size * self.gradient_accumulation_steps
+            multiplier = round(min(2.0, max(0.5, math.sqrt(effective / 4))), 2)
+
+        return Hyperparameters(
+            n_epochs=n_epochs,
+            batch_size=batch_size,
+            learning_rate_multiplier=multiplier,
+            learning_rate=self.base_learning_rate * multiplier,
+        )
+
+
+def _is_file(value: object, *parts: str) -> bool:
+    return isinstance(value, str) and bool(value) and Path(value, *parts).is_file()
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _auto_or_int(value: object, low: int, high: int) -> bool:
+    return value == "auto" or (_is_int(value) and low <= value <= high)  # type: ignore[operator]

@@ -1,0 +1,203 @@
+"""Checkpoints: everything needed to continue a run exactly, written so a kill never
+leaves a half-written checkpoint that looks complete.
+
+Layout of `<output_dir>/checkpoints/step-000123/`:
+
+- `adapter_model.safetensors`, `adapter_config.json`: the LoRA adapter in peft's own file
+  names, so `PeftModel.from_pretrained(base, path)` loads a checkpoint like any adapter.
+- `state.pt`: optimizer and scheduler state dicts and the RNG states (python, torch CPU,
+  CUDA); tensors and plain containers only, loaded with `weights_only=True`.
+- `trainer_state.json`: step, fractional epoch, data position (the epoch and the index of
+  the next optimizer step within it), resolved hyperparameters, metrics, early-stopping
+  state and the metrics history, readable without torch.
+
+Each directory is built under a temporary name, fsynced, then renamed into place: a
+`step-*` directory is complete or absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+STATE = "state.pt"
+TRAINER_STATE = "trainer_state.json"
+CHECKPOINT_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, STATE, TRAINER_STATE)
+
+_STEP_DIR = re.compile(r"step-(\d{6,})")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read back from disk."""
+
+    path: Path
+    trainer_state: dict[str, Any]
+    state: dict[str, Any]
+    """`optimizer`, `scheduler` and `rng` as saved."""
+
+    @property
+    def step(self) -> int:
+        return int(self.trainer_state["step"])
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty staging dir beside `final`; when the block succeeds, fsync its files
+    and rename it to `final` (replacing an older `final`). On error nothing is published."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        yield staging
+        for path in staging.rglob("*"):
+            if path.is_file():
+                _fsync(path)
+        _fsync(staging)
+        if final.exists():
+            # A directory cannot be renamed over a non-empty one: move the old aside first.
+            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
+            os.replace(final, old / final.name)
+            os.replace(staging, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, final)
+        _fsync(final.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_adapter(model: PeftModel, directory: Path) -> None:
+    """Write the adapter's two peft files (what `PeftModel.save_pretrained` writes, minus
+    its README model card)."""
+    weights = {
+        name: tensor.detach().to("cpu").contiguous()
+        for name, tensor in get_peft_model_state_dict(model).items()
+    }
+    save_file(weights, directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    config = copy.deepcopy(model.peft_config["default"])
+    # peft marks saved configs for inference; loading for training flips it back.
+    config.inference_mode = True
+    config.save_pretrained(str(directory))
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model: PeftModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    trainer_state: dict[str, Any],
+) -> Path:
+    """Write `root/step-{step:06d}` atomically and return its path."""
+    final = root / checkpoint_name(step)
+    with atomic_dir(final) as staging:
+        save_adapter(model, staging)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+            },
+            staging / STATE,
+        )
+        (staging / TRAINER_STATE).write_text(
+            json.dumps(trainer_state, indent=1, sort_keys=True), encoding="utf-8"
+        )
+    return final
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint's state files (the adapter weights are read by `restore`)."""
+    path = Path(path)
+    return Checkpoint(
+        path=path,
+        trainer_state=json.loads((path / TRAINER_STATE).read_text(encoding="utf-8")),
+        state=torch.load(path / STATE, map_location="cpu", weights_only=True),
+    )
+
+
+def restore(
+    checkpoint: Checkpoint,
+    model: PeftModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> None:
+    """Put adapter weights, optimizer, scheduler and RNG back as they were at the checkpoint.
+    RNG last: anything before it (model init) may draw random numbers."""
+    result = set_peft_model_state_dict(model, load_file(checkpoint.path / ADAPTER_WEIGHTS))
+    missing = [key for key in result.missing_keys if "lora_" in key]
+    if missing:
+        raise ValueError(f"checkpoint {checkpoint.path} lacks adapter weights: {missing[:3]}")
+    optimizer.load_state_dict(checkpoint.state["optimizer"])
+    scheduler.load_state_dict(checkpoint.state["scheduler"])
+    rng = checkpoint.state["rng"]
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def list_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
+    """Complete checkpoints under `root` (a run's `checkpoints/` dir), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [
+        path
+        for path in root.iterdir()
+        if _STEP_DIR.fullmatch(path.name) and (path / TRAINER_STATE).is_file()
+    ]
+    return sorted(found, key=lambda path: int(path.name.removeprefix("step-")))
+
+
+def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint under `root` (a run's `checkpoints/` dir), if any."""
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def prune(root: Path, keep: int, protect: Path | None = None) -> None:
+    """Delete all but the newest `keep` checkpoints (never `protect`, the best one), and
+    staging dirs left behind by a killed write."""
+    for path in list_checkpoints(root)[:-keep]:
+        if path != protect:
+            shutil.rmtree(path)
+    for path in root.iterdir():
+        if path.name.startswith((".tmp-", ".old-")):
+            shutil.rmtree(path, ignore_errors=True)

