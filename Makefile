@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c .ci/constraints.txt -e '.[dev]'
+	# Node's gRPC packages, for the test that drives the API from another language.
+	npm install --silent --no-audit --no-fund --prefix $(VENV) \
+	  @grpc/grpc-js@1.14.7 @grpc/proto-loader@0.8.1
 	touch $@
 
 $(BUF):

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from server import auth
 from server.config import Settings
 from server.control_plane import ControlPlane
+from server.rpc import RejectMalformedRequests
 from server.scheduler import Scheduler
 from server.services.exports import ExportServicer
 from server.services.files import FileServicer
@@ -61,6 +62,7 @@ async def serve(settings: Settings) -> None:
         )
 
     server = grpc.aio.server(
+        interceptors=[RejectMalformedRequests()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

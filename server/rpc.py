@@ -3,6 +3,8 @@
 Handlers read the caller's organization with `caller_org()`; domain errors
 become statuses with details (server.errors); anything unexpected is logged
 with its traceback and answered INTERNAL with a reference, never UNKNOWN.
+`RejectMalformedRequests` covers what happens before a handler runs: a request
+that does not parse is INVALID_ARGUMENT, not grpc's UNKNOWN.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import functools
 import inspect
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -80,3 +82,85 @@ def rpc(authenticate: Callable[[Any, str | None], str]) -> Callable:
         return unary
 
     return decorate
+
+
+class _Malformed(TunewireError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+_MALFORMED = object()  # what a request that does not parse becomes
+
+
+def _parse_in_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The same handler, with parse errors answered INVALID_ARGUMENT by the handler."""
+    parse = handler.request_deserializer
+    descriptor = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+    name = descriptor.full_name if descriptor else "protobuf"
+    status = to_status(_Malformed(f"the request is not a valid {name} message"))
+
+    def lenient(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:  # noqa: BLE001 - DecodeError and whatever a parser raises
+            return _MALFORMED
+
+    async def refuse(context: grpc.aio.ServicerContext) -> None:
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext):
+        async for request in requests:
+            if request is _MALFORMED:
+                await refuse(context)
+            yield request
+
+    streaming = handler.request_streaming
+    if streaming:
+        original = handler.stream_stream if handler.response_streaming else handler.stream_unary
+    else:
+        original = handler.unary_stream if handler.response_streaming else handler.unary_unary
+
+    def before(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return checked(request, context) if streaming else request
+
+    if inspect.isasyncgenfunction(original):
+
+        async def behavior(request: Any, context: grpc.aio.ServicerContext):
+            if request is _MALFORMED:
+                await refuse(context)
+            async for reply in original(before(request, context), context):
+                yield reply
+
+    elif inspect.iscoroutinefunction(original):
+
+        async def behavior(request: Any, context: grpc.aio.ServicerContext):
+            if request is _MALFORMED:
+                await refuse(context)
+            return await original(before(request, context), context)
+
+    else:
+        return handler  # a synchronous handler: grpc runs it elsewhere; leave it be
+
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return make(
+        behavior, request_deserializer=lenient, response_serializer=handler.response_serializer
+    )
+
+
+class RejectMalformedRequests(grpc.aio.ServerInterceptor):
+    """grpc parses a request before any handler runs and answers a parse error UNKNOWN,
+    with the parser's exception text; with this interceptor it is INVALID_ARGUMENT."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        return _parse_in_handler(handler)

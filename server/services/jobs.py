@@ -58,8 +58,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context):
         where, params = "org = ?", [caller_org()]
         for key, value in sorted(request.metadata.items()):
-            where += " AND json_extract(metadata, ?) = ?"
-            params += [f'$."{key}"', value]
+            # json_each compares the key as data: no JSON-path quoting to get wrong.
+            where += " AND EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = ? AND value = ?)"
+            params += [key, value]
         rows, token = pages.newest_first(
             self.plane.db,
             "jobs",
@@ -126,6 +127,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         cursor = request.after_sequence
         if request.page_token:
             (cursor,) = pages.decode(request.page_token, 1)
+            if not isinstance(cursor, int) or isinstance(cursor, bool):
+                raise InvalidArgument.field("page_token", "is not a token this server issued")
         size = pages.page_size(request.page_size)
         batch = self.plane.events.after(request.job_id, cursor, size + 1)
         token = pages.encode([batch[size - 1].sequence]) if len(batch) > size else ""

@@ -12,6 +12,7 @@ import sqlite_utils
 from server.errors import InvalidArgument
 
 MAX_PAGE_SIZE = 1000
+INT64 = 2**63
 
 
 def page_size(requested: int, default: int = 20) -> int:
@@ -24,13 +25,25 @@ def encode(cursor: Sequence[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(list(cursor)).encode()).decode()
 
 
+def _bad_token() -> InvalidArgument:
+    return InvalidArgument.field("page_token", "is not a token this server issued")
+
+
+def _sql_scalar(value: Any) -> bool:
+    """A value SQLite can bind: a string, or a number in the int64 range."""
+    if isinstance(value, str):
+        return True
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and -INT64 <= value < INT64
+
+
 def decode(token: str, arity: int) -> list[Any]:
     try:
         cursor = json.loads(base64.urlsafe_b64decode(token.encode()))
     except ValueError:
         cursor = None
-    if not isinstance(cursor, list) or len(cursor) != arity:
-        raise InvalidArgument.field("page_token", "is not a token this server issued")
+    if not isinstance(cursor, list) or len(cursor) != arity or not all(map(_sql_scalar, cursor)):
+        raise _bad_token()
     return cursor
 
 
@@ -45,6 +58,8 @@ def newest_first(
     """One page of `table` rows matching `where`, newest first, and the next token."""
     if token:
         created_at, ident = decode(token, 2)
+        if isinstance(created_at, str) or not isinstance(ident, str):
+            raise _bad_token()
         where += " AND (created_at, id) < (?, ?)"
         params = [*params, created_at, ident]
     rows = list(
