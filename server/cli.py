@@ -9,18 +9,15 @@ from typing import Annotated
 
 import grpc
 import typer
-from google.protobuf import json_format
-from google.protobuf.message import Message
-from rich.console import Console
-from rich.table import Table
 
-from server.client import PURPOSES, Client, default_key
+from server.cli_common import Address, ApiKey, connect, console, err, fail, new_table, show
+from server.cli_models import models_app
+from server.client import PURPOSES, Client
 from server.config import Settings
 from tunewire.v1 import files_pb2, jobs_pb2
 
 app = typer.Typer(help="Tunewire: self-hosted LoRA fine-tuning.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (local admin: works on the data dir directly).")
-models_app = typer.Typer(help="Base and fine-tuned models.")
 files_app = typer.Typer(help="Upload and inspect files.")
 jobs_app = typer.Typer(help="Create, inspect and watch fine-tuning jobs.")
 for sub, name in (
@@ -31,52 +28,21 @@ for sub, name in (
 ):
     app.add_typer(sub, name=name, no_args_is_help=True)
 
-# Piped output keeps whole rows (ids unbroken) for grep and scripts.
-console = Console(width=None if sys.stdout.isatty() else 240)
-err = Console(stderr=True)
-
-Address = Annotated[
-    str, typer.Option(envvar="TUNEWIRE_ADDRESS", help="gRPC address of the server.")
-]
-ApiKey = Annotated[
-    str | None,
-    typer.Option(envvar="TUNEWIRE_API_KEY", help="API key (default: <home>/api-key)."),
-]
-
-
-def _table(*columns: str) -> Table:
-    # Ids are what people copy from these tables: fold long ones, never crop them.
-    table = Table()
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
-
-
-def _client(address: str, api_key: str | None) -> Client:
-    return Client(address, api_key or default_key(Settings().home))
-
-
-def _print(message: Message) -> None:
-    console.print_json(json_format.MessageToJson(message, preserving_proto_field_name=True))
-
-
-def _fail(error: grpc.RpcError) -> None:
-    err.print(f"[red]error:[/red] {error.code().name}: {error.details()}")
-    raise typer.Exit(1)
-
 
 @app.command()
 def up(
     host: Annotated[str | None, typer.Option(help="Interface to serve on.")] = None,
     grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 50051).")] = None,
+    http_port: Annotated[int | None, typer.Option(help="REST port (default 8080).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "warning",
 ) -> None:
-    """Serve the gRPC API (and run trainers) until SIGTERM / Ctrl-C."""
+    """Serve the gRPC API and the REST bridge, and run trainers, until SIGTERM / Ctrl-C."""
     from server import logs
     from server.app import serve
 
     logs.setup(log_level)
-    overrides = {k: v for k, v in {"host": host, "grpc_port": grpc_port}.items() if v is not None}
+    given = {"host": host, "grpc_port": grpc_port, "http_port": http_port}
+    overrides = {k: v for k, v in given.items() if v is not None}
     asyncio.run(serve(Settings(**overrides)))
 
 
@@ -100,7 +66,7 @@ def keys_list() -> None:
     from server import auth
     from server.store.db import connect
 
-    table = _table("id", "org", "prefix", "revoked")
+    table = new_table("id", "org", "prefix", "revoked")
     for row in auth.list_keys(connect(Settings().db_path)):
         table.add_row(
             row["id"], row["org"], row["prefix"] + "…", "yes" if row["revoked_at"] else ""
@@ -122,42 +88,6 @@ def keys_revoke(key_id: str) -> None:
         raise typer.Exit(1) from error
 
 
-@models_app.command("init-tiny")
-def models_init_tiny(
-    if_missing: Annotated[bool, typer.Option(help="Do nothing when it exists.")] = False,
-) -> None:
-    """Build `tiny-llama` (a small Llama, tokenizer trained locally) in the models dir."""
-    from trainer.models import init_tiny
-
-    target = Settings().models_dir / "tiny-llama"
-    if if_missing and (target / "config.json").exists():
-        return
-    with console.status("building tiny-llama…"):
-        path = init_tiny(Settings().models_dir)
-    console.print(f"tiny-llama ready at {path}")
-
-
-@models_app.command("list")
-def models_list(address: Address = "localhost:50051", api_key: ApiKey = None) -> None:
-    """List base models and your fine-tuned models."""
-    from tunewire.v1 import models_pb2
-
-    client = _client(address, api_key)
-    try:
-        bases = client.models.ListBaseModels(
-            models_pb2.ListBaseModelsRequest(), metadata=client.metadata
-        )
-        tuned = client.models.ListModels(models_pb2.ListModelsRequest(), metadata=client.metadata)
-    except grpc.RpcError as error:
-        _fail(error)
-    table = _table("model", "kind", "base", "parameters / job")
-    for m in bases.base_models:
-        table.add_row(m.id, "base", m.architecture, f"{m.parameter_count:,}")
-    for m in tuned.models:
-        table.add_row(m.id, "fine-tuned", m.base_model, m.job_id)
-    console.print(table)
-
-
 @files_app.command("upload")
 def files_upload(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
@@ -169,13 +99,13 @@ def files_upload(
     if purpose not in PURPOSES:
         err.print(f"[red]error:[/red] --purpose must be one of {', '.join(PURPOSES)}")
         raise typer.Exit(2)
-    client = _client(address, api_key)
+    client = connect(address, api_key)
     try:
         with console.status(f"uploading {path.name}…"):
             record = client.upload(path, PURPOSES[purpose])
     except grpc.RpcError as error:
-        _fail(error)
-    _print(record)
+        fail(error)
+    show(record)
     if record.state == files_pb2.File.STATE_ERROR:
         raise typer.Exit(1)
 
@@ -183,8 +113,8 @@ def files_upload(
 @files_app.command("list")
 def files_list(address: Address = "localhost:50051", api_key: ApiKey = None) -> None:
     """List your files, newest first."""
-    client = _client(address, api_key)
-    table = _table("id", "filename", "bytes", "state", "examples")
+    client = connect(address, api_key)
+    table = new_table("id", "filename", "bytes", "state", "examples")
     token = ""
     try:
         while True:
@@ -203,22 +133,22 @@ def files_list(address: Address = "localhost:50051", api_key: ApiKey = None) -> 
             if not (token := page.next_page_token):
                 break
     except grpc.RpcError as error:
-        _fail(error)
+        fail(error)
     console.print(table)
 
 
 @files_app.command("get")
 def files_get(file_id: str, address: Address = "localhost:50051", api_key: ApiKey = None):
     """Show a file with its validation report."""
-    client = _client(address, api_key)
+    client = connect(address, api_key)
     try:
-        _print(
+        show(
             client.files.GetFile(
                 files_pb2.GetFileRequest(file_id=file_id), metadata=client.metadata
             )
         )
     except grpc.RpcError as error:
-        _fail(error)
+        fail(error)
 
 
 def _metadata_pairs(pairs: list[str]) -> dict[str, str]:
@@ -267,14 +197,14 @@ def jobs_create(
     )
     if seed is not None:
         job.seed = seed
-    client = _client(address, api_key)
+    client = connect(address, api_key)
     try:
         created = client.jobs.CreateJob(
             jobs_pb2.CreateJobRequest(job=job, request_id=request_id), metadata=client.metadata
         )
     except grpc.RpcError as error:
-        _fail(error)
-    _print(created)
+        fail(error)
+    show(created)
     if watch:
         _watch(client, created.id, 0)
 
@@ -287,15 +217,15 @@ def jobs_list(
     api_key: ApiKey = None,
 ) -> None:
     """List jobs, newest first."""
-    client = _client(address, api_key)
+    client = connect(address, api_key)
     try:
         page = client.jobs.ListJobs(
             jobs_pb2.ListJobsRequest(page_size=limit, metadata=_metadata_pairs(metadata or [])),
             metadata=client.metadata,
         )
     except grpc.RpcError as error:
-        _fail(error)
-    table = _table("id", "model", "state", "fine-tuned model")
+        fail(error)
+    table = new_table("id", "model", "state", "fine-tuned model")
     for j in page.jobs:
         table.add_row(
             j.id, j.base_model, jobs_pb2.Job.State.Name(j.state)[6:].lower(), j.fine_tuned_model
@@ -306,25 +236,25 @@ def jobs_list(
 @jobs_app.command("get")
 def jobs_get(job_id: str, address: Address = "localhost:50051", api_key: ApiKey = None):
     """Show a job."""
-    client = _client(address, api_key)
+    client = connect(address, api_key)
     try:
-        _print(client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=client.metadata))
+        show(client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=client.metadata))
     except grpc.RpcError as error:
-        _fail(error)
+        fail(error)
 
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str, address: Address = "localhost:50051", api_key: ApiKey = None):
     """Cancel a job: a queued one at once, a running one within a step."""
-    client = _client(address, api_key)
+    client = connect(address, api_key)
     try:
-        _print(
+        show(
             client.jobs.CancelJob(
                 jobs_pb2.CancelJobRequest(job_id=job_id), metadata=client.metadata
             )
         )
     except grpc.RpcError as error:
-        _fail(error)
+        fail(error)
 
 
 @jobs_app.command("watch")
@@ -335,7 +265,7 @@ def jobs_watch(
     api_key: ApiKey = None,
 ) -> None:
     """Stream a job's events live until it finishes, with a progress bar while it trains."""
-    _watch(_client(address, api_key), job_id, after)
+    _watch(connect(address, api_key), job_id, after)
 
 
 def _watch(client: Client, job_id: str, after: int) -> None:
@@ -344,7 +274,7 @@ def _watch(client: Client, job_id: str, after: int) -> None:
     try:
         final = watch(client, job_id, after, console)
     except grpc.RpcError as error:
-        _fail(error)
+        fail(error)
     if final != "succeeded":
         raise typer.Exit(1)
 

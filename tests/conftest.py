@@ -54,6 +54,7 @@ def clean_env(home: Path, models_dir: Path | None, **extra: str) -> dict[str, st
     if models_dir is not None:
         env["TUNEWIRE_MODELS_DIR_OVERRIDE"] = str(models_dir)
     env["TUNEWIRE_MAX_RUNNING_JOBS"] = "0"
+    env["TUNEWIRE_HTTP_PORT"] = "0"  # the REST bridge beside it: any free port
     env["COLUMNS"] = "200"  # rich tables from the CLI must not wrap or truncate ids
     env.update(extra)
     return env
