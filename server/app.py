@@ -1,8 +1,10 @@
-"""`tunewire up`: the gRPC control plane with health, reflection and graceful stop."""
+"""`tunewire up`: the gRPC control plane (health, reflection, graceful stop), its
+scheduler, and the REST bridge in front of it, all in one process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -10,6 +12,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from bridge.main import create_app
+from bridge.main import serve as serve_rest
 from server import auth
 from server.config import Settings
 from server.control_plane import ControlPlane
@@ -66,7 +70,7 @@ async def serve(settings: Settings) -> None:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
+        ],
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -76,6 +80,12 @@ async def serve(settings: Settings) -> None:
         names.append(module.DESCRIPTOR.services_by_name[name].full_name)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(plane), server)
     reflection.enable_server_reflection(names, server)
+    # Before anything is announced: a SIGTERM right after the ready line must stop
+    # the server gracefully, not kill it with the default handler.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await server.start()
     for name in ["", *names]:
@@ -85,15 +95,18 @@ async def serve(settings: Settings) -> None:
     local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]") else settings.host
     scheduler = Scheduler(plane, f"{local}:{port}")
     scheduling = asyncio.create_task(scheduler.run())
+    rest = asyncio.create_task(
+        serve_rest(create_app(f"{local}:{port}"), settings.host, settings.http_port)
+    )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
     log.warning("shutting down", extra={"fields": {"grace_seconds": GRACE_SECONDS}})
     await health_servicer.enter_graceful_shutdown()
+    # REST first: it is a client of the gRPC server and drains through it.
+    rest.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await rest
     scheduling.cancel()
     # Trainers are stopped, not drained: their jobs resume from their last
     # checkpoint when the control plane starts again.

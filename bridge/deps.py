@@ -1,0 +1,40 @@
+"""Route dependencies, as Annotated aliases: the backend, the settings, the caller's key."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from bridge.backend import Backend, Metadata
+from bridge.errors import ApiError, Code
+from bridge.settings import BridgeSettings
+
+
+def _backend(request: Request) -> Backend:
+    return request.app.state.backend
+
+
+def _settings(request: Request) -> BridgeSettings:
+    return request.app.state.settings
+
+
+# auto_error=False: a missing key is answered by our own 401, in each surface's envelope.
+_bearer_scheme = HTTPBearer(auto_error=False, description="A Tunewire API key.")
+
+
+def _auth(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
+) -> Metadata:
+    """The caller's key as gRPC metadata; the control plane checks it."""
+    if credentials is None or not credentials.credentials:
+        raise ApiError.of(
+            Code.UNAUTHENTICATED, "missing API key: send 'Authorization: Bearer <api key>'"
+        )
+    return (("authorization", f"Bearer {credentials.credentials}"),)
+
+
+BackendDep = Annotated[Backend, Depends(_backend)]
+SettingsDep = Annotated[BridgeSettings, Depends(_settings)]
+Auth = Annotated[Metadata, Depends(_auth)]

@@ -1,0 +1,117 @@
+"""The bridge's app: one FastAPI app over one grpc.aio channel to the control plane,
+with a router per surface, and `serve` to run it in the caller's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from bridge.backend import Backend
+from bridge.routes import cohere, helix, native, openai, truefoundry
+from bridge.settings import BridgeSettings
+
+GRACE_SECONDS = 5
+DESCRIPTION = """\
+Tunewire's REST bridge. The native API is under `/tunewire` (the gRPC API as
+JSON, transcoded from its `google.api.http` annotations); OpenAI's API is at
+`/v1`, Cohere's at `/cohere/v1`, Helix's at `/api/v1` and TrueFoundry's jobs at
+`/api/llm`. Every call takes `Authorization: Bearer <api key>`.
+"""
+
+
+def create_app(grpc_address: str, settings: BridgeSettings | None = None) -> FastAPI:
+    """The bridge in front of the control plane at `grpc_address`."""
+    settings = (settings or BridgeSettings()).model_copy(update={"grpc_address": grpc_address})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.backend = Backend.connect(grpc_address)
+        try:
+            yield
+        finally:
+            await app.state.backend.close()
+
+    app = FastAPI(title="Tunewire", version="v1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    for surface in (native, openai, cohere, helix, truefoundry):
+        app.include_router(surface.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            # The native routes refer to the protobuf messages by full name.
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                native.component_schemas()
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: whoever runs `serve` owns the process's
+    signals (the gRPC server beside it, or `python -m bridge`) and stops the
+    bridge by cancelling it. Prints `ready_line` once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, ready_line: str) -> None:
+        super().__init__(config)
+        self.ready_line = ready_line
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            print(self.ready_line, flush=True)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+async def serve(app: FastAPI, host: str, port: int) -> None:
+    """Serve `app` in the running loop until cancelled (port 0 picks a free one).
+
+    Prints `tunewire: serving REST on HOST:PORT` once it accepts connections. On
+    cancellation it stops accepting, lets requests in flight finish for up to
+    GRACE_SECONDS (then cancels them: live streams would never end), closes the
+    channel and re-raises.
+    """
+    sock = _listen(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_level=app.state.settings.log_level,
+        timeout_graceful_shutdown=GRACE_SECONDS,
+    )
+    server = _Server(config, f"tunewire: serving REST on {bound_host}:{bound_port}")
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await serving
+        raise
+    finally:
+        sock.close()

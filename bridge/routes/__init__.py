@@ -1,0 +1,1 @@
+"""One module per surface, each an APIRouter under its own prefix."""

@@ -1,0 +1,139 @@
+"""The native REST API at `/tunewire`: every public RPC at the path its
+`google.api.http` annotation gives (so `GET /tunewire/v1/jobs/{job_id}`),
+transcoded by one generic endpoint per binding (bridge.transcode).
+
+Errors are google.rpc.Status JSON with grpc-gateway's HTTP statuses. Server
+streams are NDJSON, or server-sent events for `Accept: text/event-stream`,
+resumable with `Last-Event-ID` where the request has a cursor. The one
+client-streaming RPC, UploadFile, takes a multipart form at its path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from google.rpc import status_pb2
+
+from bridge import transcode
+from bridge.deps import Auth, BackendDep, SettingsDep
+from bridge.errors import ApiError, native_error, route_class
+from bridge.streams import (
+    EVENT_STREAM,
+    NDJSON,
+    STREAM_HEADERS,
+    ndjson_frames,
+    open_stream,
+    sse_frames,
+    wants_events,
+)
+from bridge.transcode import Binding, to_json
+from bridge.uploads import BINARY, form_openapi, upload_file_form
+from tunewire.v1 import exports_pb2, files_pb2, jobs_pb2, models_pb2
+
+PREFIX = "/tunewire"
+PUBLIC_API = (
+    files_pb2.DESCRIPTOR,
+    jobs_pb2.DESCRIPTOR,
+    models_pb2.DESCRIPTOR,
+    exports_pb2.DESCRIPTOR,
+)
+UPLOAD_METHOD = "tunewire.v1.FileService.UploadFile"
+PURPOSES = {
+    value.name: value.number for value in files_pb2.File.Purpose.DESCRIPTOR.values if value.number
+}
+
+router = APIRouter(prefix=PREFIX, tags=["native"], route_class=route_class(native_error))
+BINDINGS = transcode.bindings(PUBLIC_API)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError.invalid([("body", f"is larger than {limit} bytes")])
+    return bytes(body)
+
+
+def _resume_from(binding: Binding, request: Request, message: Any) -> None:
+    """`Last-Event-ID` (sent by EventSource on reconnect) is the stream's cursor."""
+    last = request.headers.get("last-event-id")
+    if last is None or binding.cursor is None:
+        return
+    try:
+        setattr(message, binding.cursor, int(last))
+    except ValueError:
+        raise ApiError.invalid([("Last-Event-ID", "must be an event sequence")]) from None
+
+
+def _endpoint(binding: Binding) -> Callable[..., Any]:
+    async def endpoint(
+        request: Request, backend: BackendDep, auth: Auth, settings: SettingsDep
+    ) -> Response:
+        body = await _read_body(request, settings.max_json_body_bytes)
+        message = binding.build(request.path_params, request.query_params.multi_items(), body)
+        call = binding.callable(backend.channel)
+        if not binding.method.server_streaming:
+            return JSONResponse(to_json(await call(message, metadata=auth)))
+        _resume_from(binding, request, message)
+        events = wants_events(request.headers.get("accept"))
+        items = await open_stream(
+            call(message, metadata=auth), settings.sse_heartbeat_seconds, patient=not events
+        )
+        if events:
+            frames = sse_frames(items, to_json, native_error, binding.sequence_of)
+            return StreamingResponse(frames, media_type=EVENT_STREAM, headers=STREAM_HEADERS)
+        frames = ndjson_frames(items, to_json, native_error)
+        return StreamingResponse(frames, media_type=NDJSON, headers=STREAM_HEADERS)
+
+    endpoint.__name__ = binding.operation_id
+    endpoint.__doc__ = (
+        f"`{binding.method.full_name}` as `{binding.http_method} {binding.template}`."
+    )
+    return endpoint
+
+
+async def upload_file(
+    request: Request, backend: BackendDep, auth: Auth, settings: SettingsDep
+) -> Response:
+    """`tunewire.v1.FileService.UploadFile` as a multipart form: `purpose` (first), then `file`."""
+    record = await upload_file_form(request, backend, auth, settings, PURPOSES)
+    return JSONResponse(to_json(record))
+
+
+def _upload_openapi(binding: Binding) -> dict[str, Any]:
+    operation = binding.openapi()
+    operation.update(
+        form_openapi(
+            {"purpose": {"type": "string", "enum": list(PURPOSES)}, "file": BINARY},
+            ["purpose", "file"],
+        )
+    )
+    return operation
+
+
+for _binding in BINDINGS:
+    if _binding.method.client_streaming:
+        if _binding.method.full_name != UPLOAD_METHOD:
+            raise NotImplementedError(f"no REST form for client stream {_binding.method.full_name}")
+        handler, extra = upload_file, _upload_openapi(_binding)
+    else:
+        handler, extra = _endpoint(_binding), _binding.openapi()
+    router.add_api_route(
+        _binding.path,
+        handler,
+        methods=[_binding.http_method],
+        operation_id=_binding.operation_id,
+        summary=f"{_binding.method.containing_service.name}.{_binding.method.name}",
+        response_class=StreamingResponse if _binding.method.server_streaming else JSONResponse,
+        openapi_extra=extra,
+    )
+
+
+def component_schemas() -> dict[str, dict[str, Any]]:
+    """OpenAPI schemas of every message the native routes take or give."""
+    roots = [b.method.input_type for b in BINDINGS] + [b.method.output_type for b in BINDINGS]
+    return transcode.schemas([*roots, status_pb2.Status.DESCRIPTOR])

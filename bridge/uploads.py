@@ -1,0 +1,283 @@
+"""The one upload streamer: a multipart form read as it arrives, its file parts
+forwarded into `FileService.UploadFile` client streams chunk by chunk.
+
+Nothing is held whole, in memory or on disk: the bridge holds one HTTP chunk
+and one gRPC message at a time, and HTTP and gRPC flow control slow the client
+down to the server's pace. The server enforces the size limit while streaming;
+its RESOURCE_EXHAUSTED is answered 413. A request that fails for any reason
+cancels the upload in flight and deletes the files it already stored. The
+client's filename is passed on as data only (the server stores blobs under
+generated ids).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import grpc
+from fastapi import Request
+
+from bridge.backend import Backend, Metadata
+from bridge.errors import ApiError, Code
+from bridge.multipart import (
+    MultipartError,
+    MultipartParser,
+    PartData,
+    PartEnd,
+    PartStart,
+    boundary_of,
+)
+from bridge.settings import BridgeSettings
+from tunewire.v1 import files_pb2
+
+log = logging.getLogger("tunewire.bridge")
+
+File = files_pb2.File
+
+
+@dataclass(frozen=True)
+class Destination:
+    """How a file part is stored. Consecutive parts of one name are written, in
+    order and joined by `separator`, into one file."""
+
+    filename: str
+    purpose: File.Purpose.ValueType
+    separator: bytes = b""
+
+
+@dataclass
+class Form:
+    fields: dict[str, str] = field(default_factory=dict)
+    files: dict[str, File] = field(default_factory=dict)
+    """Stored files, by part name."""
+    filenames: dict[str, list[str]] = field(default_factory=dict)
+    """The client's names of the parts written into each file."""
+
+
+# (part name, client filename, the form so far) -> how to store the part, or None
+# for a text field. Files of earlier part names are stored by then.
+Route = Callable[[str, str | None, Form], Destination | None]
+
+
+def upload_error(error: grpc.aio.AioRpcError) -> ApiError:
+    failure = ApiError.from_rpc(error)
+    if failure.code == Code.RESOURCE_EXHAUSTED:
+        failure.http_status = 413
+    return failure
+
+
+class _Upload:
+    """One UploadFile call: metadata first, then chunks of `chunk_bytes`."""
+
+    def __init__(
+        self, backend: Backend, auth: Metadata, name: str, destination: Destination, chunk: int
+    ) -> None:
+        self.name = name
+        self.destination = destination
+        self._call = backend.files.UploadFile(metadata=auth)
+        self._chunk = chunk
+        self._pending = bytearray()
+
+    async def start(self) -> None:
+        await self._send(
+            files_pb2.UploadFileRequest(
+                metadata=files_pb2.UploadFileMetadata(
+                    filename=self.destination.filename, purpose=self.destination.purpose
+                )
+            )
+        )
+
+    async def write(self, data: bytes) -> None:
+        self._pending += data
+        if len(self._pending) >= self._chunk:
+            await self._flush()
+
+    async def finish(self) -> File:
+        await self._flush()
+        try:
+            await self._call.done_writing()
+            return await self._call
+        except grpc.aio.AioRpcError as error:
+            raise upload_error(error) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    async def _flush(self) -> None:
+        if self._pending:
+            chunk = bytes(self._pending)
+            self._pending.clear()
+            await self._send(files_pb2.UploadFileRequest(chunk=chunk))
+
+    async def _send(self, message: files_pb2.UploadFileRequest) -> None:
+        try:
+            await self._call.write(message)
+        except Exception:
+            # The server ended the call (over the size limit, bad metadata, gone):
+            # its status says why.
+            try:
+                await self._call
+            except grpc.aio.AioRpcError as error:
+                raise upload_error(error) from None
+            raise
+
+
+@asynccontextmanager
+async def streamed_form(
+    request: Request,
+    backend: Backend,
+    auth: Metadata,
+    settings: BridgeSettings,
+    route: Route,
+) -> AsyncIterator[Form]:
+    """Read the request's form, streaming file parts as `route` says. If the form
+    or the block using it fails, the files stored for it are deleted."""
+    form = Form()
+    try:
+        await _read(request, backend, auth, settings, route, form)
+        yield form
+    except BaseException:
+        await _discard(backend, auth, form)
+        raise
+
+
+async def _read(
+    request: Request,
+    backend: Backend,
+    auth: Metadata,
+    settings: BridgeSettings,
+    route: Route,
+    form: Form,
+) -> None:
+    boundary = boundary_of(request.headers.get("content-type", ""))
+    if boundary is None:
+        raise ApiError.of(
+            Code.INVALID_ARGUMENT,
+            "expected a multipart/form-data body with a boundary",
+            http_status=415,
+        )
+    parser = MultipartParser(boundary)
+    upload: _Upload | None = None
+    name, text = "", bytearray()
+    is_file = False
+    try:
+        async for chunk in request.stream():
+            for event in parser.feed(chunk):
+                match event:
+                    case PartStart():
+                        name, text = event.name, bytearray()
+                        if upload is not None and upload.name != name:
+                            form.files[upload.name] = await upload.finish()
+                            upload = None
+                        destination = route(name, event.filename, form)
+                        is_file = destination is not None
+                        if destination is None:
+                            continue
+                        if upload is None:
+                            if name in form.files:
+                                raise ApiError.invalid(
+                                    [(name, "the parts of one file must come one after another")]
+                                )
+                            upload = _Upload(
+                                backend, auth, name, destination, settings.upload_chunk_bytes
+                            )
+                            await upload.start()
+                        else:
+                            await upload.write(destination.separator)
+                        form.filenames.setdefault(name, []).append(event.filename or "")
+                    case PartData() if is_file and upload is not None:
+                        await upload.write(event.data)
+                    case PartData():
+                        text += event.data
+                        if len(text) > settings.max_form_field_bytes:
+                            raise ApiError.of(
+                                Code.INVALID_ARGUMENT,
+                                f"form field {name!r} is larger than "
+                                f"{settings.max_form_field_bytes} bytes",
+                                http_status=413,
+                            )
+                    case PartEnd() if not is_file:
+                        try:
+                            form.fields[name] = text.decode()
+                        except UnicodeDecodeError:
+                            raise ApiError.invalid([(name, "must be UTF-8 text")]) from None
+        parser.close()
+        if upload is not None:
+            form.files[upload.name] = await upload.finish()
+            upload = None
+    except MultipartError as error:
+        raise ApiError.of(Code.INVALID_ARGUMENT, f"malformed multipart body: {error}") from None
+    finally:
+        if upload is not None:
+            upload.cancel()
+
+
+async def _discard(backend: Backend, auth: Metadata, form: Form) -> None:
+    for stored in form.files.values():
+        try:
+            await backend.files.DeleteFile(
+                files_pb2.DeleteFileRequest(file_id=stored.id), metadata=auth
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning("could not delete %s of a failed request: %s", stored.id, error.details())
+
+
+async def upload_file_form(
+    request: Request,
+    backend: Backend,
+    auth: Metadata,
+    settings: BridgeSettings,
+    purposes: Mapping[str, File.Purpose.ValueType],
+) -> File:
+    """The form of `POST …/files` (native and OpenAI): a `file` part and a `purpose` field.
+
+    The purpose should come first; a file that comes first is uploaded as
+    fine-tune (the common case) and refused afterwards if the purpose says otherwise.
+    """
+
+    def purpose(value: str) -> File.Purpose.ValueType:
+        if value not in purposes:
+            raise ApiError.invalid([("purpose", f"must be one of: {', '.join(purposes)}")])
+        return purposes[value]
+
+    def route(part: str, filename: str | None, form: Form) -> Destination | None:
+        if part != "file":
+            return None
+        given = form.fields.get("purpose")
+        tentative = File.PURPOSE_FINE_TUNE if given is None else purpose(given)
+        return Destination(filename or "upload", tentative)
+
+    async with streamed_form(request, backend, auth, settings, route) as form:
+        if "file" not in form.files:
+            raise ApiError.invalid([("file", "required: a file part named 'file'")])
+        if "purpose" not in form.fields:
+            raise ApiError.invalid([("purpose", "required")])
+        if purpose(form.fields["purpose"]) != form.files["file"].purpose:
+            raise ApiError.invalid(
+                [("purpose", "must come before the file part in the form (unless it is fine-tune)")]
+            )
+        return form.files["file"]
+
+
+BINARY = {"type": "string", "format": "binary"}
+
+
+def form_openapi(properties: Mapping[str, dict], required: list[str]) -> dict:
+    """An OpenAPI requestBody for a multipart form (the route reads the stream itself)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": dict(properties),
+                        "required": required,
+                    }
+                }
+            },
+        }
+    }

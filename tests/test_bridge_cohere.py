@@ -1,0 +1,181 @@
+"""Cohere's fine-tuning API on the bridge (`/cohere/v1`), through the official
+`cohere` SDK with `base_url`: datasets (with evaluation data, Cohere's chat
+roles), and a finetuned model from creation to deletion."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import cohere
+import httpx
+import pytest
+from cohere.finetuning import (
+    BaseModel,
+    FinetunedModel,
+    Hyperparameters,
+    Settings,
+    WandbConfig,
+)
+from test_bridge import Stack
+
+# The `rest` and `live` stacks (one each per session).
+pytest_plugins = ["test_bridge"]
+
+
+def cohere_rows(n: int, tag: str) -> bytes:
+    return b"".join(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "System", "content": "You answer in one word."},
+                    {"role": "User", "content": f"Question {i} about {tag}?"},
+                    {"role": "Chatbot", "content": f"Answer{i}"},
+                ]
+            }
+        ).encode()
+        + b"\n"
+        for i in range(n)
+    )
+
+
+@pytest.fixture
+def transport() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=60) as client:
+        yield client
+
+
+def sdk(stack: Stack, transport: httpx.Client, key: str | None = None) -> cohere.Client:
+    return cohere.Client(
+        api_key=key or stack.key, base_url=f"{stack.url}/cohere", httpx_client=transport
+    )
+
+
+def test_cohere_sdk_datasets_and_fine_tuning(live: Stack, transport: httpx.Client) -> None:
+    co = sdk(live, transport)
+    created = co.datasets.create(
+        name="support-chats",
+        type="chat-finetune-input",
+        data=("train.jsonl", cohere_rows(12, "train")),
+        eval_data=("eval.jsonl", cohere_rows(10, "eval")),
+    )
+    dataset = co.wait(created).dataset  # the SDK's poll until validated
+    assert (dataset.id, dataset.name, dataset.dataset_type) == (
+        created.id,
+        "support-chats",
+        "chat-finetune-input",
+    )
+    assert dataset.validation_status == "validated" and dataset.validation_error is None
+    assert [(p.index, p.num_rows) for p in dataset.dataset_parts] == [(0, 12), (1, 10)]
+    listed = co.datasets.list(limit=100).datasets
+    assert created.id in [d.id for d in listed]
+    # The evaluation file shows inside its dataset, not as one of its own.
+    assert dataset.dataset_parts[1].id not in [d.id for d in listed]
+
+    model = co.finetuning.create_finetuned_model(
+        request=FinetunedModel(
+            name="support bot",
+            settings=Settings(
+                base_model=BaseModel(base_type="BASE_TYPE_CHAT"),
+                dataset_id=created.id,
+                hyperparameters=Hyperparameters(
+                    train_epochs=1,
+                    learning_rate=1e-4,
+                    lora_rank=4,
+                    lora_target_modules="LORA_TARGET_MODULES_QKVO",
+                ),
+                wandb=WandbConfig(project="support", api_key="never-stored"),
+            ),
+        )
+    ).finetuned_model
+    assert model.status == "STATUS_QUEUED" and model.name == "support bot"
+    assert model.settings.dataset_id == created.id
+    assert model.settings.base_model.name == "tiny-llama"  # the server's default
+    chosen = model.settings.hyperparameters
+    assert (chosen.train_epochs, chosen.lora_rank) == (1, 4)
+    assert chosen.lora_target_modules == "LORA_TARGET_MODULES_QKVO"
+    assert chosen.learning_rate == pytest.approx(1e-4)
+    assert model.settings.wandb.project == "support" and not model.settings.wandb.api_key
+
+    page = co.finetuning.list_finetuned_models(page_size=1, order_by="created_at desc")
+    assert [m.id for m in page.finetuned_models] == [model.id]
+    assert page.total_size >= 1
+
+    deadline = time.monotonic() + 120
+    while (current := co.finetuning.get_finetuned_model(model.id).finetuned_model).status in (
+        "STATUS_QUEUED",
+        "STATUS_FINETUNING",
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert current.status == "STATUS_READY"
+    assert current.completed_at and current.completed_at >= current.created_at
+    assert isinstance(current.settings.hyperparameters.train_batch_size, int)  # resolved
+
+    events = co.finetuning.list_events(model.id).events
+    assert [e.status for e in events] == ["STATUS_READY", "STATUS_FINETUNING", "STATUS_QUEUED"]
+    oldest_first = co.finetuning.list_events(model.id, order_by="created_at").events
+    assert [e.status for e in oldest_first] == [e.status for e in reversed(events)]
+
+    steps = co.finetuning.list_training_step_metrics(model.id, page_size=2)
+    first = [s.step_number for s in steps.step_metrics]
+    assert len(first) == 2 and first[0] > first[1] and steps.next_page_token  # newest first
+    assert "train_loss" in steps.step_metrics[0].metrics
+    later = co.finetuning.list_training_step_metrics(
+        model.id, page_size=2, page_token=steps.next_page_token
+    )
+    assert later.step_metrics and later.step_metrics[0].step_number < first[1]
+
+    # PATCH: repeating the settings is accepted; changing them is refused.
+    same = co.finetuning.update_finetuned_model(
+        model.id, name="support bot", settings=current.settings
+    )
+    assert same.finetuned_model.id == model.id
+    moved = current.settings.model_copy(update={"dataset_id": dataset.dataset_parts[0].id})
+    with pytest.raises(cohere.BadRequestError) as immutable:
+        co.finetuning.update_finetuned_model(model.id, name="support bot", settings=moved)
+    assert "settings.dataset_id" in immutable.value.body["message"]
+    with pytest.raises(cohere.core.ApiError) as renamed:
+        co.finetuning.update_finetuned_model(model.id, name="renamed", settings=current.settings)
+    assert renamed.value.status_code == 501
+
+    assert co.finetuning.delete_finetuned_model(model.id) == {}
+    assert co.finetuning.get_finetuned_model(model.id).finetuned_model.status == "STATUS_DELETED"
+    co.datasets.delete(created.id)
+    with pytest.raises(cohere.NotFoundError):
+        co.datasets.get(created.id)
+
+
+def test_cohere_errors(rest: Stack, transport: httpx.Client) -> None:
+    with pytest.raises(cohere.UnauthorizedError) as refused:
+        sdk(rest, transport, key="tw-wrong").finetuning.list_finetuned_models()
+    assert refused.value.body == {"message": "invalid or revoked API key"}
+    co = sdk(rest, transport)
+    with pytest.raises(cohere.NotFoundError):
+        co.finetuning.get_finetuned_model("ftjob-nope")
+    with pytest.raises(cohere.BadRequestError) as wrong_type:
+        co.datasets.create(name="x", type="embed-input", data=("d.jsonl", cohere_rows(10, "x")))
+    assert "chat-finetune-input" in wrong_type.value.body["message"]
+    few = co.datasets.create(
+        name="few", type="chat-finetune-input", data=("d.jsonl", cohere_rows(3, "few"))
+    )
+    with pytest.raises(cohere.BadRequestError) as small:
+        co.finetuning.create_finetuned_model(
+            request=FinetunedModel(
+                name="small",
+                settings=Settings(
+                    base_model=BaseModel(base_type="BASE_TYPE_CHAT"), dataset_id=few.id
+                ),
+            )
+        )
+    assert small.value.body["message"].startswith("settings.dataset_id: Training file has 3")
+    broken = co.datasets.create(
+        name="broken",
+        type="chat-finetune-input",
+        data=("d.jsonl", b'{"messages": [{"role": "Robot", "content": "x"}]}\n'),
+    )
+    status = co.datasets.get(broken.id).dataset
+    assert status.validation_status == "failed" and "line 1" in status.validation_error
+    for made in (few, broken):
+        co.datasets.delete(made.id)
