@@ -12,6 +12,7 @@ generated ids).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -97,8 +98,12 @@ class _Upload:
 
     async def finish(self) -> File:
         await self._flush()
-        try:
+        # When the server has already ended the call (over the limit while the
+        # last chunks were in flight), done_writing raises its own usage error;
+        # the call's status is what says why.
+        with contextlib.suppress(Exception):
             await self._call.done_writing()
+        try:
             return await self._call
         except grpc.aio.AioRpcError as error:
             raise upload_error(error) from None

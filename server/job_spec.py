@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Mapping
 
 import sqlite_utils
 
@@ -59,6 +60,18 @@ def check_hyperparameters(hp: jobs_pb2.Hyperparameters) -> list[tuple[str, str]]
                     f"{_number(value)} is out of range {_range_text(low, high, low_in, high_in)}",
                 )
             )
+    return problems
+
+
+def check_metadata(metadata: Mapping[str, str]) -> list[tuple[str, str]]:
+    problems = []
+    if len(metadata) > MAX_METADATA:
+        problems.append(("job.metadata", f"at most {MAX_METADATA} pairs"))
+    for key, value in metadata.items():
+        if not 0 < len(key) <= 64:
+            problems.append((f"job.metadata[{key!r}]", "keys must be 1-64 characters"))
+        if len(value) > 512:
+            problems.append((f"job.metadata[{key!r}]", "values must be at most 512 characters"))
     return problems
 
 
@@ -118,13 +131,7 @@ def check_create(
         problems.append(("job.seed", f"must be in [0, {MAX_SEED}]"))
     if job.suffix and not SUFFIX.fullmatch(job.suffix):
         problems.append(("job.suffix", "at most 64 characters of letters, digits, '_', '.', '-'"))
-    if len(job.metadata) > MAX_METADATA:
-        problems.append(("job.metadata", f"at most {MAX_METADATA} pairs"))
-    for key, value in job.metadata.items():
-        if not 0 < len(key) <= 64:
-            problems.append((f"job.metadata[{key!r}]", "keys must be 1-64 characters"))
-        if len(value) > 512:
-            problems.append((f"job.metadata[{key!r}]", "values must be at most 512 characters"))
+    problems += check_metadata(job.metadata)
     if len(job.integrations) > 5:
         problems.append(("job.integrations", "at most 5"))
     for i, integration in enumerate(job.integrations):

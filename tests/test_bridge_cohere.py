@@ -136,9 +136,11 @@ def test_cohere_sdk_datasets_and_fine_tuning(live: Stack, transport: httpx.Clien
     with pytest.raises(cohere.BadRequestError) as immutable:
         co.finetuning.update_finetuned_model(model.id, name="support bot", settings=moved)
     assert "settings.dataset_id" in immutable.value.body["message"]
-    with pytest.raises(cohere.core.ApiError) as renamed:
-        co.finetuning.update_finetuned_model(model.id, name="renamed", settings=current.settings)
-    assert renamed.value.status_code == 501
+    renamed = co.finetuning.update_finetuned_model(
+        model.id, name="renamed", settings=current.settings
+    )
+    assert renamed.finetuned_model.name == "renamed"
+    assert co.finetuning.get_finetuned_model(model.id).finetuned_model.name == "renamed"
 
     assert co.finetuning.delete_finetuned_model(model.id) == {}
     assert co.finetuning.get_finetuned_model(model.id).finetuned_model.status == "STATUS_DELETED"

@@ -23,6 +23,7 @@ from conftest import (
     invalid,
     make_job,
 )
+from google.protobuf import field_mask_pb2
 
 from tunewire.v1 import events_pb2, jobs_pb2
 
@@ -541,3 +542,35 @@ def test_a_new_job_has_no_checkpoints(org: Org, train_file: File) -> None:
     assert (list(page.checkpoints), page.next_page_token) == ([], "")
     request = jobs_pb2.ListCheckpointsRequest(job_id=job.id, page_token="bad")
     assert set(invalid(org.jobs.ListCheckpoints, request)) == {"page_token"}
+
+
+def test_update_job_changes_metadata_only(org: Org, train_file: File) -> None:
+    job = org.create_job(train_file.id, metadata={"team": "a"})
+    mask = field_mask_pb2.FieldMask(paths=["metadata"])
+    changed = org.jobs.UpdateJob(
+        jobs_pb2.UpdateJobRequest(job=Job(id=job.id, metadata={"team": "b"}), update_mask=mask)
+    )
+    assert dict(changed.metadata) == {"team": "b"}
+    got = org.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
+    assert dict(got.metadata) == {"team": "b"} and got.base_model == job.base_model
+    listed = org.jobs.ListJobs(jobs_pb2.ListJobsRequest(metadata={"team": "b"})).jobs
+    assert job.id in [j.id for j in listed]
+
+    immutable = field_mask_pb2.FieldMask(paths=["metadata", "suffix"])
+    refused = invalid(
+        org.jobs.UpdateJob, jobs_pb2.UpdateJobRequest(job=Job(id=job.id), update_mask=immutable)
+    )
+    assert "suffix" in refused["update_mask"]
+    assert "update_mask" in invalid(
+        org.jobs.UpdateJob, jobs_pb2.UpdateJobRequest(job=Job(id=job.id))
+    )
+    too_many = {f"k{i}": "v" for i in range(17)}
+    assert "job.metadata" in invalid(
+        org.jobs.UpdateJob,
+        jobs_pb2.UpdateJobRequest(job=Job(id=job.id, metadata=too_many), update_mask=mask),
+    )
+    fails(
+        grpc.StatusCode.NOT_FOUND,
+        org.jobs.UpdateJob,
+        jobs_pb2.UpdateJobRequest(job=Job(id="ftjob-" + "0" * 24), update_mask=mask),
+    )

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import grpc
 from fastapi import APIRouter, Query, Request
+from google.protobuf import field_mask_pb2
 from pydantic import BaseModel, ConfigDict
 
 from bridge.backend import (
@@ -576,7 +577,7 @@ async def update_finetuned_model(
     id: str, body: UpdateFinetunedModel, backend: BackendDep, auth: Auth
 ) -> FinetunedModelResponse:
     """Settings are immutable once training is asked for: an update must repeat them.
-    Renaming needs an UpdateJob RPC the Tunewire API does not have yet."""
+    The name lives in the job's metadata, which UpdateJob can change."""
     job = await _job(backend, auth, id)
     wanted = job_proto(FinetunedModel(name=body.name, settings=body.settings), job.base_model)
     changed = []
@@ -588,12 +589,15 @@ async def update_finetuned_model(
         changed.append("settings.hyperparameters")
     if changed:
         raise ApiError.invalid([(f, "cannot change once the model is created") for f in changed])
-    current = await finetuned_model(backend, auth, job)
-    if body.name != current.name:
-        raise ApiError.of(
-            Code.UNIMPLEMENTED, "renaming a finetuned model is not supported by Tunewire yet"
+    if body.name != job.metadata.get(NAME_KEY):
+        renamed = Job(id=job.id, metadata={**job.metadata, NAME_KEY: body.name})
+        job = await backend.jobs.UpdateJob(
+            jobs_pb2.UpdateJobRequest(
+                job=renamed, update_mask=field_mask_pb2.FieldMask(paths=["metadata"])
+            ),
+            metadata=auth,
         )
-    return FinetunedModelResponse(finetuned_model=current)
+    return FinetunedModelResponse(finetuned_model=await finetuned_model(backend, auth, job))
 
 
 def _same_hyperparameters(wanted: Job, job: Job) -> bool:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 
 from server import lifecycle
 from server.control_plane import ControlPlane, authenticated
 from server.errors import InvalidArgument
 from server.ids import new_id, now, timestamp
-from server.job_spec import check_create
+from server.job_spec import check_create, check_metadata
 from server.lifecycle import FINAL_STATES, Job
 from server.rpc import caller_org
 from server.store import pages
@@ -16,6 +18,7 @@ from server.store.db import write
 from tunewire.v1 import checkpoints_pb2, jobs_pb2, jobs_pb2_grpc, worker_pb2
 
 STREAM_BATCH = 500
+UPDATABLE = frozenset({"metadata"})
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
@@ -72,6 +75,26 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         return jobs_pb2.ListJobsResponse(
             jobs=[Job.FromString(r["proto"]) for r in rows], next_page_token=token
         )
+
+    @authenticated
+    async def UpdateJob(self, request: jobs_pb2.UpdateJobRequest, context) -> Job:
+        paths = set(request.update_mask.paths)
+        if not paths:
+            raise InvalidArgument.field("update_mask", "required: name the fields to update")
+        if paths - UPDATABLE:
+            raise InvalidArgument.field(
+                "update_mask",
+                f"{', '.join(sorted(paths - UPDATABLE))}: immutable; only metadata can change",
+            )
+        if problems := check_metadata(request.job.metadata):
+            raise InvalidArgument(problems)
+        db = self.plane.db
+        with write(db):
+            job = lifecycle.load(db, request.job.id, caller_org())
+            job.metadata.clear()
+            job.metadata.update(request.job.metadata)
+            lifecycle.save(db, job, metadata=json.dumps(dict(job.metadata), sort_keys=True))
+        return job
 
     @authenticated
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context) -> Job:

@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from tunewire.v1 import checkpoints_pb2 as tunewire_dot_v1_dot_checkpoints__pb2
 from tunewire.v1 import common_pb2 as tunewire_dot_v1_dot_common__pb2
 from tunewire.v1 import events_pb2 as tunewire_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tunewire/v1/jobs.proto\x12\x0btunewire.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtunewire/v1/checkpoints.proto\x1a\x18tunewire/v1/common.proto\x1a\x18tunewire/v1/events.proto\"\x8f\n\n\x03Job\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12$\n\nbase_model\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x05R\tbaseModel\x12*\n\rtraining_file\x18\x03 \x01(\tB\x05\xe2\x41\x02\x02\x05R\x0ctrainingFile\x12.\n\x0fvalidation_file\x18\x04 \x01(\tB\x05\xe2\x41\x02\x01\x05R\x0evalidationFile\x12\x32\n\x06method\x18\x05 \x01(\x0b\x32\x13.tunewire.v1.MethodB\x05\xe2\x41\x02\x01\x05R\x06method\x12M\n\x0fhyperparameters\x18\x06 \x01(\x0b\x32\x1c.tunewire.v1.HyperparametersB\x05\xe2\x41\x02\x01\x05R\x0fhyperparameters\x12\x1e\n\x04seed\x18\x07 \x01(\x03\x42\x05\xe2\x41\x02\x01\x05H\x00R\x04seed\x88\x01\x01\x12\x1d\n\x06suffix\x18\x08 \x01(\tB\x05\xe2\x41\x02\x01\x05R\x06suffix\x12@\n\x08metadata\x18\t \x03(\x0b\x32\x1e.tunewire.v1.Job.MetadataEntryB\x04\xe2\x41\x01\x01R\x08metadata\x12\x43\n\x0cintegrations\x18\n \x03(\x0b\x32\x18.tunewire.v1.IntegrationB\x05\xe2\x41\x02\x01\x05R\x0cintegrations\x12\x32\n\x05state\x18\x0b \x01(\x0e\x32\x16.tunewire.v1.Job.StateB\x04\xe2\x41\x01\x03R\x05state\x12.\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x12.tunewire.v1.ErrorB\x04\xe2\x41\x01\x03R\x05\x65rror\x12.\n\x10\x66ine_tuned_model\x18\r \x01(\tB\x04\xe2\x41\x01\x03R\x0e\x66ineTunedModel\x12+\n\x0etrained_tokens\x18\x0e \x01(\x03\x42\x04\xe2\x41\x01\x03R\rtrainedTokens\x12\'\n\x0cresult_files\x18\x0f \x03(\tB\x04\xe2\x41\x01\x03R\x0bresultFiles\x12(\n\x0corganization\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03R\x0corganization\x12\x41\n\x0b\x63reate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0b\x66inish_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nfinishTime\x12K\n\x10\x65stimated_finish\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0f\x65stimatedFinish\x12\x37\n\x08progress\x18\x14 \x01(\x0b\x32\x15.tunewire.v1.ProgressB\x04\xe2\x41\x01\x03R\x08progress\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xc0\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16STATE_VALIDATING_FILES\x10\x01\x12\x10\n\x0cSTATE_QUEUED\x10\x02\x12\x11\n\rSTATE_RUNNING\x10\x03\x12\x11\n\rSTATE_PAUSING\x10\x04\x12\x10\n\x0cSTATE_PAUSED\x10\x05\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x06\x12\x10\n\x0cSTATE_FAILED\x10\x07\x12\x13\n\x0fSTATE_CANCELLED\x10\x08\x42\x07\n\x05_seed\"}\n\x06Method\x12\x32\n\x04type\x18\x01 \x01(\x0e\x32\x18.tunewire.v1.Method.TypeB\x04\xe2\x41\x01\x01R\x04type\"?\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fTYPE_SUPERVISED\x10\x01\x12\x0c\n\x08TYPE_DPO\x10\x02\"\xa9\x07\n\x0fHyperparameters\x12$\n\x08n_epochs\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00R\x07nEpochs\x88\x01\x01\x12(\n\nbatch_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x01R\tbatchSize\x88\x01\x01\x12\x43\n\x18learning_rate_multiplier\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x02R\x16learningRateMultiplier\x88\x01\x01\x12\x1d\n\x04\x62\x65ta\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x03R\x04\x62\x65ta\x88\x01\x01\x12&\n\tlora_rank\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x04R\x08loraRank\x88\x01\x01\x12(\n\nlora_alpha\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x05R\tloraAlpha\x88\x01\x01\x12,\n\x0clora_dropout\x18\x07 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x06R\x0bloraDropout\x88\x01\x01\x12W\n\x0etarget_modules\x18\x08 \x01(\x0e\x32*.tunewire.v1.Hyperparameters.TargetModulesB\x04\xe2\x41\x01\x01R\rtargetModules\x12\x41\n\x17\x65\x61rly_stopping_patience\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x01H\x07R\x15\x65\x61rlyStoppingPatience\x88\x01\x01\x12\x43\n\x18\x65\x61rly_stopping_threshold\x18\n \x01(\x01\x42\x04\xe2\x41\x01\x01H\x08R\x16\x65\x61rlyStoppingThreshold\x88\x01\x01\x12?\n\x16\x63heckpoint_every_steps\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x01H\tR\x14\x63heckpointEverySteps\x88\x01\x01\"|\n\rTargetModules\x12\x1e\n\x1aTARGET_MODULES_UNSPECIFIED\x10\x00\x12\x15\n\x11TARGET_MODULES_QV\x10\x01\x12\x17\n\x13TARGET_MODULES_QKVO\x10\x02\x12\x1b\n\x17TARGET_MODULES_QKVO_FFN\x10\x03\x42\x0b\n\t_n_epochsB\r\n\x0b_batch_sizeB\x1b\n\x19_learning_rate_multiplierB\x07\n\x05_betaB\x0c\n\n_lora_rankB\r\n\x0b_lora_alphaB\x0f\n\r_lora_dropoutB\x1a\n\x18_early_stopping_patienceB\x1b\n\x19_early_stopping_thresholdB\x19\n\x17_checkpoint_every_steps\"\x99\x01\n\x0bIntegration\x12\x18\n\x04type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x04type\x12\x1e\n\x07project\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\x07project\x12\x1c\n\x06\x65ntity\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\x06\x65ntity\x12\x18\n\x04name\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01R\x04name\x12\x18\n\x04tags\x18\x05 \x03(\tB\x04\xe2\x41\x01\x01R\x04tags\"\x87\x01\n\x08Progress\x12\x18\n\x04step\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x04step\x12%\n\x0btotal_steps\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03R\ntotalSteps\x12\x1a\n\x05\x65poch\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03R\x05\x65poch\x12\x1e\n\x07\x61ttempt\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03R\x07\x61ttempt\"a\n\x10\x43reateJobRequest\x12(\n\x03job\x18\x01 \x01(\x0b\x32\x10.tunewire.v1.JobB\x04\xe2\x41\x01\x02R\x03job\x12#\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\trequestId\",\n\rGetJobRequest\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\"\xe4\x01\n\x0fListJobsRequest\x12!\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\x12#\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\tpageToken\x12L\n\x08metadata\x18\x03 \x03(\x0b\x32*.tunewire.v1.ListJobsRequest.MetadataEntryB\x04\xe2\x41\x01\x01R\x08metadata\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"`\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.tunewire.v1.JobR\x04jobs\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"/\n\x10\x43\x61ncelJobRequest\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\".\n\x0fPauseJobRequest\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\"/\n\x10ResumeJobRequest\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\"\xa8\x01\n\x14ListJobEventsRequest\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\x12!\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\x12#\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\tpageToken\x12+\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01R\rafterSequence\"k\n\x15ListJobEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.tunewire.v1.EventR\x06\x65vents\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"b\n\x16StreamJobEventsRequest\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\x12+\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x01R\rafterSequence\"C\n\x17StreamJobEventsResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.EventR\x05\x65vent\"}\n\x16ListCheckpointsRequest\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\x12!\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\x12#\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\tpageToken\"|\n\x17ListCheckpointsResponse\x12\x39\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x17.tunewire.v1.CheckpointR\x0b\x63heckpoints\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xbf\x07\n\nJobService\x12S\n\tCreateJob\x12\x1d.tunewire.v1.CreateJobRequest\x1a\x10.tunewire.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f\"\x08/v1/jobs:\x03job\x12Q\n\x06GetJob\x12\x1a.tunewire.v1.GetJobRequest\x1a\x10.tunewire.v1.Job\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/jobs/{job_id}\x12Y\n\x08ListJobs\x12\x1c.tunewire.v1.ListJobsRequest\x1a\x1d.tunewire.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12\x61\n\tCancelJob\x12\x1d.tunewire.v1.CancelJobRequest\x1a\x10.tunewire.v1.Job\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/jobs/{job_id}:cancel:\x01*\x12^\n\x08PauseJob\x12\x1c.tunewire.v1.PauseJobRequest\x1a\x10.tunewire.v1.Job\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/jobs/{job_id}:pause:\x01*\x12\x61\n\tResumeJob\x12\x1d.tunewire.v1.ResumeJobRequest\x1a\x10.tunewire.v1.Job\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/jobs/{job_id}:resume:\x01*\x12x\n\rListJobEvents\x12!.tunewire.v1.ListJobEventsRequest\x1a\".tunewire.v1.ListJobEventsResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/jobs/{job_id}/events\x12\x87\x01\n\x0fStreamJobEvents\x12#.tunewire.v1.StreamJobEventsRequest\x1a$.tunewire.v1.StreamJobEventsResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/jobs/{job_id}/events:stream0\x01\x12\x83\x01\n\x0fListCheckpoints\x12#.tunewire.v1.ListCheckpointsRequest\x1a$.tunewire.v1.ListCheckpointsResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/v1/jobs/{job_id}/checkpointsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tunewire/v1/jobs.proto\x12\x0btunewire.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtunewire/v1/checkpoints.proto\x1a\x18tunewire/v1/common.proto\x1a\x18tunewire/v1/events.proto\"\x8f\n\n\x03Job\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12$\n\nbase_model\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x05R\tbaseModel\x12*\n\rtraining_file\x18\x03 \x01(\tB\x05\xe2\x41\x02\x02\x05R\x0ctrainingFile\x12.\n\x0fvalidation_file\x18\x04 \x01(\tB\x05\xe2\x41\x02\x01\x05R\x0evalidationFile\x12\x32\n\x06method\x18\x05 \x01(\x0b\x32\x13.tunewire.v1.MethodB\x05\xe2\x41\x02\x01\x05R\x06method\x12M\n\x0fhyperparameters\x18\x06 \x01(\x0b\x32\x1c.tunewire.v1.HyperparametersB\x05\xe2\x41\x02\x01\x05R\x0fhyperparameters\x12\x1e\n\x04seed\x18\x07 \x01(\x03\x42\x05\xe2\x41\x02\x01\x05H\x00R\x04seed\x88\x01\x01\x12\x1d\n\x06suffix\x18\x08 \x01(\tB\x05\xe2\x41\x02\x01\x05R\x06suffix\x12@\n\x08metadata\x18\t \x03(\x0b\x32\x1e.tunewire.v1.Job.MetadataEntryB\x04\xe2\x41\x01\x01R\x08metadata\x12\x43\n\x0cintegrations\x18\n \x03(\x0b\x32\x18.tunewire.v1.IntegrationB\x05\xe2\x41\x02\x01\x05R\x0cintegrations\x12\x32\n\x05state\x18\x0b \x01(\x0e\x32\x16.tunewire.v1.Job.StateB\x04\xe2\x41\x01\x03R\x05state\x12.\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x12.tunewire.v1.ErrorB\x04\xe2\x41\x01\x03R\x05\x65rror\x12.\n\x10\x66ine_tuned_model\x18\r \x01(\tB\x04\xe2\x41\x01\x03R\x0e\x66ineTunedModel\x12+\n\x0etrained_tokens\x18\x0e \x01(\x03\x42\x04\xe2\x41\x01\x03R\rtrainedTokens\x12\'\n\x0cresult_files\x18\x0f \x03(\tB\x04\xe2\x41\x01\x03R\x0bresultFiles\x12(\n\x0corganization\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03R\x0corganization\x12\x41\n\x0b\x63reate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0b\x66inish_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nfinishTime\x12K\n\x10\x65stimated_finish\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0f\x65stimatedFinish\x12\x37\n\x08progress\x18\x14 \x01(\x0b\x32\x15.tunewire.v1.ProgressB\x04\xe2\x41\x01\x03R\x08progress\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xc0\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16STATE_VALIDATING_FILES\x10\x01\x12\x10\n\x0cSTATE_QUEUED\x10\x02\x12\x11\n\rSTATE_RUNNING\x10\x03\x12\x11\n\rSTATE_PAUSING\x10\x04\x12\x10\n\x0cSTATE_PAUSED\x10\x05\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x06\x12\x10\n\x0cSTATE_FAILED\x10\x07\x12\x13\n\x0fSTATE_CANCELLED\x10\x08\x42\x07\n\x05_seed\"}\n\x06Method\x12\x32\n\x04type\x18\x01 \x01(\x0e\x32\x18.tunewire.v1.Method.TypeB\x04\xe2\x41\x01\x01R\x04type\"?\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fTYPE_SUPERVISED\x10\x01\x12\x0c\n\x08TYPE_DPO\x10\x02\"\xa9\x07\n\x0fHyperparameters\x12$\n\x08n_epochs\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00R\x07nEpochs\x88\x01\x01\x12(\n\nbatch_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x01R\tbatchSize\x88\x01\x01\x12\x43\n\x18learning_rate_multiplier\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x02R\x16learningRateMultiplier\x88\x01\x01\x12\x1d\n\x04\x62\x65ta\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x03R\x04\x62\x65ta\x88\x01\x01\x12&\n\tlora_rank\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x04R\x08loraRank\x88\x01\x01\x12(\n\nlora_alpha\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x05R\tloraAlpha\x88\x01\x01\x12,\n\x0clora_dropout\x18\x07 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x06R\x0bloraDropout\x88\x01\x01\x12W\n\x0etarget_modules\x18\x08 \x01(\x0e\x32*.tunewire.v1.Hyperparameters.TargetModulesB\x04\xe2\x41\x01\x01R\rtargetModules\x12\x41\n\x17\x65\x61rly_stopping_patience\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x01H\x07R\x15\x65\x61rlyStoppingPatience\x88\x01\x01\x12\x43\n\x18\x65\x61rly_stopping_threshold\x18\n \x01(\x01\x42\x04\xe2\x41\x01\x01H\x08R\x16\x65\x61rlyStoppingThreshold\x88\x01\x01\x12?\n\x16\x63heckpoint_every_steps\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x01H\tR\x14\x63heckpointEverySteps\x88\x01\x01\"|\n\rTargetModules\x12\x1e\n\x1aTARGET_MODULES_UNSPECIFIED\x10\x00\x12\x15\n\x11TARGET_MODULES_QV\x10\x01\x12\x17\n\x13TARGET_MODULES_QKVO\x10\x02\x12\x1b\n\x17TARGET_MODULES_QKVO_FFN\x10\x03\x42\x0b\n\t_n_epochsB\r\n\x0b_batch_sizeB\x1b\n\x19_learning_rate_multiplierB\x07\n\x05_betaB\x0c\n\n_lora_rankB\r\n\x0b_lora_alphaB\x0f\n\r_lora_dropoutB\x1a\n\x18_early_stopping_patienceB\x1b\n\x19_early_stopping_thresholdB\x19\n\x17_checkpoint_every_steps\"\x99\x01\n\x0bIntegration\x12\x18\n\x04type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x04type\x12\x1e\n\x07project\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\x07project\x12\x1c\n\x06\x65ntity\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\x06\x65ntity\x12\x18\n\x04name\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01R\x04name\x12\x18\n\x04tags\x18\x05 \x03(\tB\x04\xe2\x41\x01\x01R\x04tags\"\x87\x01\n\x08Progress\x12\x18\n\x04step\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x04step\x12%\n\x0btotal_steps\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03R\ntotalSteps\x12\x1a\n\x05\x65poch\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03R\x05\x65poch\x12\x1e\n\x07\x61ttempt\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03R\x07\x61ttempt\"a\n\x10\x43reateJobRequest\x12(\n\x03job\x18\x01 \x01(\x0b\x32\x10.tunewire.v1.JobB\x04\xe2\x41\x01\x02R\x03job\x12#\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\trequestId\",\n\rGetJobRequest\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\"\xe4\x01\n\x0fListJobsRequest\x12!\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\x12#\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\tpageToken\x12L\n\x08metadata\x18\x03 \x03(\x0b\x32*.tunewire.v1.ListJobsRequest.MetadataEntryB\x04\xe2\x41\x01\x01R\x08metadata\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"`\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.tunewire.v1.JobR\x04jobs\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x7f\n\x10UpdateJobRequest\x12(\n\x03job\x18\x01 \x01(\x0b\x32\x10.tunewire.v1.JobB\x04\xe2\x41\x01\x02R\x03job\x12\x41\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x02R\nupdateMask\"/\n\x10\x43\x61ncelJobRequest\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\".\n\x0fPauseJobRequest\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\"/\n\x10ResumeJobRequest\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\"\xa8\x01\n\x14ListJobEventsRequest\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\x12!\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\x12#\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\tpageToken\x12+\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01R\rafterSequence\"k\n\x15ListJobEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.tunewire.v1.EventR\x06\x65vents\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"b\n\x16StreamJobEventsRequest\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\x12+\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x01R\rafterSequence\"C\n\x17StreamJobEventsResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.EventR\x05\x65vent\"}\n\x16ListCheckpointsRequest\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\x12!\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\x12#\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\tpageToken\"|\n\x17ListCheckpointsResponse\x12\x39\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x17.tunewire.v1.CheckpointR\x0b\x63heckpoints\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x9d\x08\n\nJobService\x12S\n\tCreateJob\x12\x1d.tunewire.v1.CreateJobRequest\x1a\x10.tunewire.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f\"\x08/v1/jobs:\x03job\x12Q\n\x06GetJob\x12\x1a.tunewire.v1.GetJobRequest\x1a\x10.tunewire.v1.Job\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/jobs/{job_id}\x12Y\n\x08ListJobs\x12\x1c.tunewire.v1.ListJobsRequest\x1a\x1d.tunewire.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12\\\n\tUpdateJob\x12\x1d.tunewire.v1.UpdateJobRequest\x1a\x10.tunewire.v1.Job\"\x1e\x82\xd3\xe4\x93\x02\x18\x32\x11/v1/jobs/{job.id}:\x03job\x12\x61\n\tCancelJob\x12\x1d.tunewire.v1.CancelJobRequest\x1a\x10.tunewire.v1.Job\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/jobs/{job_id}:cancel:\x01*\x12^\n\x08PauseJob\x12\x1c.tunewire.v1.PauseJobRequest\x1a\x10.tunewire.v1.Job\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/jobs/{job_id}:pause:\x01*\x12\x61\n\tResumeJob\x12\x1d.tunewire.v1.ResumeJobRequest\x1a\x10.tunewire.v1.Job\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/jobs/{job_id}:resume:\x01*\x12x\n\rListJobEvents\x12!.tunewire.v1.ListJobEventsRequest\x1a\".tunewire.v1.ListJobEventsResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/jobs/{job_id}/events\x12\x87\x01\n\x0fStreamJobEvents\x12#.tunewire.v1.StreamJobEventsRequest\x1a$.tunewire.v1.StreamJobEventsResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/jobs/{job_id}/events:stream0\x01\x12\x83\x01\n\x0fListCheckpoints\x12#.tunewire.v1.ListCheckpointsRequest\x1a$.tunewire.v1.ListCheckpointsResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/v1/jobs/{job_id}/checkpointsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -135,6 +136,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTJOBSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
   _globals['_LISTJOBSREQUEST'].fields_by_name['metadata']._loaded_options = None
   _globals['_LISTJOBSREQUEST'].fields_by_name['metadata']._serialized_options = b'\342A\001\001'
+  _globals['_UPDATEJOBREQUEST'].fields_by_name['job']._loaded_options = None
+  _globals['_UPDATEJOBREQUEST'].fields_by_name['job']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATEJOBREQUEST'].fields_by_name['update_mask']._loaded_options = None
+  _globals['_UPDATEJOBREQUEST'].fields_by_name['update_mask']._serialized_options = b'\342A\001\002'
   _globals['_CANCELJOBREQUEST'].fields_by_name['job_id']._loaded_options = None
   _globals['_CANCELJOBREQUEST'].fields_by_name['job_id']._serialized_options = b'\342A\001\002'
   _globals['_PAUSEJOBREQUEST'].fields_by_name['job_id']._loaded_options = None
@@ -165,6 +170,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSERVICE'].methods_by_name['GetJob']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/jobs/{job_id}'
   _globals['_JOBSERVICE'].methods_by_name['ListJobs']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['ListJobs']._serialized_options = b'\202\323\344\223\002\n\022\010/v1/jobs'
+  _globals['_JOBSERVICE'].methods_by_name['UpdateJob']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['UpdateJob']._serialized_options = b'\202\323\344\223\002\0302\021/v1/jobs/{job.id}:\003job'
   _globals['_JOBSERVICE'].methods_by_name['CancelJob']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['CancelJob']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/jobs/{job_id}:cancel:\001*'
   _globals['_JOBSERVICE'].methods_by_name['PauseJob']._loaded_options = None
@@ -177,52 +184,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSERVICE'].methods_by_name['StreamJobEvents']._serialized_options = b'\202\323\344\223\002!\022\037/v1/jobs/{job_id}/events:stream'
   _globals['_JOBSERVICE'].methods_by_name['ListCheckpoints']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['ListCheckpoints']._serialized_options = b'\202\323\344\223\002\037\022\035/v1/jobs/{job_id}/checkpoints'
-  _globals['_JOB']._serialized_start=219
-  _globals['_JOB']._serialized_end=1514
-  _globals['_JOB_METADATAENTRY']._serialized_start=1251
-  _globals['_JOB_METADATAENTRY']._serialized_end=1310
-  _globals['_JOB_STATE']._serialized_start=1313
-  _globals['_JOB_STATE']._serialized_end=1505
-  _globals['_METHOD']._serialized_start=1516
-  _globals['_METHOD']._serialized_end=1641
-  _globals['_METHOD_TYPE']._serialized_start=1578
-  _globals['_METHOD_TYPE']._serialized_end=1641
-  _globals['_HYPERPARAMETERS']._serialized_start=1644
-  _globals['_HYPERPARAMETERS']._serialized_end=2581
-  _globals['_HYPERPARAMETERS_TARGETMODULES']._serialized_start=2261
-  _globals['_HYPERPARAMETERS_TARGETMODULES']._serialized_end=2385
-  _globals['_INTEGRATION']._serialized_start=2584
-  _globals['_INTEGRATION']._serialized_end=2737
-  _globals['_PROGRESS']._serialized_start=2740
-  _globals['_PROGRESS']._serialized_end=2875
-  _globals['_CREATEJOBREQUEST']._serialized_start=2877
-  _globals['_CREATEJOBREQUEST']._serialized_end=2974
-  _globals['_GETJOBREQUEST']._serialized_start=2976
-  _globals['_GETJOBREQUEST']._serialized_end=3020
-  _globals['_LISTJOBSREQUEST']._serialized_start=3023
-  _globals['_LISTJOBSREQUEST']._serialized_end=3251
-  _globals['_LISTJOBSREQUEST_METADATAENTRY']._serialized_start=1251
-  _globals['_LISTJOBSREQUEST_METADATAENTRY']._serialized_end=1310
-  _globals['_LISTJOBSRESPONSE']._serialized_start=3253
-  _globals['_LISTJOBSRESPONSE']._serialized_end=3349
-  _globals['_CANCELJOBREQUEST']._serialized_start=3351
-  _globals['_CANCELJOBREQUEST']._serialized_end=3398
-  _globals['_PAUSEJOBREQUEST']._serialized_start=3400
-  _globals['_PAUSEJOBREQUEST']._serialized_end=3446
-  _globals['_RESUMEJOBREQUEST']._serialized_start=3448
-  _globals['_RESUMEJOBREQUEST']._serialized_end=3495
-  _globals['_LISTJOBEVENTSREQUEST']._serialized_start=3498
-  _globals['_LISTJOBEVENTSREQUEST']._serialized_end=3666
-  _globals['_LISTJOBEVENTSRESPONSE']._serialized_start=3668
-  _globals['_LISTJOBEVENTSRESPONSE']._serialized_end=3775
-  _globals['_STREAMJOBEVENTSREQUEST']._serialized_start=3777
-  _globals['_STREAMJOBEVENTSREQUEST']._serialized_end=3875
-  _globals['_STREAMJOBEVENTSRESPONSE']._serialized_start=3877
-  _globals['_STREAMJOBEVENTSRESPONSE']._serialized_end=3944
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=3946
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=4071
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=4073
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=4197
-  _globals['_JOBSERVICE']._serialized_start=4200
-  _globals['_JOBSERVICE']._serialized_end=5159
+  _globals['_JOB']._serialized_start=253
+  _globals['_JOB']._serialized_end=1548
+  _globals['_JOB_METADATAENTRY']._serialized_start=1285
+  _globals['_JOB_METADATAENTRY']._serialized_end=1344
+  _globals['_JOB_STATE']._serialized_start=1347
+  _globals['_JOB_STATE']._serialized_end=1539
+  _globals['_METHOD']._serialized_start=1550
+  _globals['_METHOD']._serialized_end=1675
+  _globals['_METHOD_TYPE']._serialized_start=1612
+  _globals['_METHOD_TYPE']._serialized_end=1675
+  _globals['_HYPERPARAMETERS']._serialized_start=1678
+  _globals['_HYPERPARAMETERS']._serialized_end=2615
+  _globals['_HYPERPARAMETERS_TARGETMODULES']._serialized_start=2295
+  _globals['_HYPERPARAMETERS_TARGETMODULES']._serialized_end=2419
+  _globals['_INTEGRATION']._serialized_start=2618
+  _globals['_INTEGRATION']._serialized_end=2771
+  _globals['_PROGRESS']._serialized_start=2774
+  _globals['_PROGRESS']._serialized_end=2909
+  _globals['_CREATEJOBREQUEST']._serialized_start=2911
+  _globals['_CREATEJOBREQUEST']._serialized_end=3008
+  _globals['_GETJOBREQUEST']._serialized_start=3010
+  _globals['_GETJOBREQUEST']._serialized_end=3054
+  _globals['_LISTJOBSREQUEST']._serialized_start=3057
+  _globals['_LISTJOBSREQUEST']._serialized_end=3285
+  _globals['_LISTJOBSREQUEST_METADATAENTRY']._serialized_start=1285
+  _globals['_LISTJOBSREQUEST_METADATAENTRY']._serialized_end=1344
+  _globals['_LISTJOBSRESPONSE']._serialized_start=3287
+  _globals['_LISTJOBSRESPONSE']._serialized_end=3383
+  _globals['_UPDATEJOBREQUEST']._serialized_start=3385
+  _globals['_UPDATEJOBREQUEST']._serialized_end=3512
+  _globals['_CANCELJOBREQUEST']._serialized_start=3514
+  _globals['_CANCELJOBREQUEST']._serialized_end=3561
+  _globals['_PAUSEJOBREQUEST']._serialized_start=3563
+  _globals['_PAUSEJOBREQUEST']._serialized_end=3609
+  _globals['_RESUMEJOBREQUEST']._serialized_start=3611
+  _globals['_RESUMEJOBREQUEST']._serialized_end=3658
+  _globals['_LISTJOBEVENTSREQUEST']._serialized_start=3661
+  _globals['_LISTJOBEVENTSREQUEST']._serialized_end=3829
+  _globals['_LISTJOBEVENTSRESPONSE']._serialized_start=3831
+  _globals['_LISTJOBEVENTSRESPONSE']._serialized_end=3938
+  _globals['_STREAMJOBEVENTSREQUEST']._serialized_start=3940
+  _globals['_STREAMJOBEVENTSREQUEST']._serialized_end=4038
+  _globals['_STREAMJOBEVENTSRESPONSE']._serialized_start=4040
+  _globals['_STREAMJOBEVENTSRESPONSE']._serialized_end=4107
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=4109
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=4234
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=4236
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=4360
+  _globals['_JOBSERVICE']._serialized_start=4363
+  _globals['_JOBSERVICE']._serialized_end=5416
 # @@protoc_insertion_point(module_scope)

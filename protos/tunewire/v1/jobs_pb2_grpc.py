@@ -50,6 +50,11 @@ class JobServiceStub:
                 request_serializer=tunewire_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=tunewire_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.UpdateJob = channel.unary_unary(
+                '/tunewire.v1.JobService/UpdateJob',
+                request_serializer=tunewire_dot_v1_dot_jobs__pb2.UpdateJobRequest.SerializeToString,
+                response_deserializer=tunewire_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
         self.CancelJob = channel.unary_unary(
                 '/tunewire.v1.JobService/CancelJob',
                 request_serializer=tunewire_dot_v1_dot_jobs__pb2.CancelJobRequest.SerializeToString,
@@ -102,6 +107,13 @@ class JobServiceServicer:
 
     def ListJobs(self, request, context):
         """Lists jobs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateJob(self, request, context):
+        """Updates a job's mutable fields: only `metadata`; the rest is immutable.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,6 +179,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=tunewire_dot_v1_dot_jobs__pb2.ListJobsRequest.FromString,
                     response_serializer=tunewire_dot_v1_dot_jobs__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'UpdateJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateJob,
+                    request_deserializer=tunewire_dot_v1_dot_jobs__pb2.UpdateJobRequest.FromString,
+                    response_serializer=tunewire_dot_v1_dot_jobs__pb2.Job.SerializeToString,
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
@@ -281,6 +298,33 @@ class JobService:
             '/tunewire.v1.JobService/ListJobs',
             tunewire_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
             tunewire_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunewire.v1.JobService/UpdateJob',
+            tunewire_dot_v1_dot_jobs__pb2.UpdateJobRequest.SerializeToString,
+            tunewire_dot_v1_dot_jobs__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
