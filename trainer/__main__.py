@@ -1,8 +1,8 @@
 """A debugging CLI: `python -m trainer {init-tiny,list,train}`.
 
-    python -m trainer init-tiny .tunewire/models
-    python -m trainer list .tunewire/models
-    python -m trainer train args.json    # TrainArgs as JSON; Ctrl-C pauses at a checkpoint
+python -m trainer init-tiny .tunewire/models
+python -m trainer list .tunewire/models
+python -m trainer train args.json    # TrainArgs as JSON; Ctrl-C pauses at a checkpoint
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         print(models.init_tiny(options.dir))
     elif options.command == "list":
         for model in models.list_base_models(options.dir):
-            print(f"{model.name}\t{model.architecture}\t{model.parameters:,} params"
-                  f"\tctx {model.context_length}\t{model.path}")
+            print(
+                f"{model.name}\t{model.architecture}\t{model.parameters:,} params"
+                f"\tctx {model.context_length}\t{model.path}"
+            )
     else:
         args = TrainArgs.from_dict(json.loads(Path(options.args).read_text(encoding="utf-8")))
         result = train(args, _printing_callbacks())
@@ -66,8 +68,10 @@ def _printing_callbacks() -> Callbacks:
         print(f"{level}: {message}", file=sys.stderr)
 
     def on_validation(**values: Any) -> None:
-        print(f"valid loss {values['valid_loss']:.4f} "
-              f"acc {values['valid_mean_token_accuracy']:.3f}", file=sys.stderr)
+        print(
+            f"valid loss {values['valid_loss']:.4f} acc {values['valid_mean_token_accuracy']:.3f}",
+            file=sys.stderr,
+        )
 
     def on_checkpoint(**values: Any) -> None:
         print(f"checkpoint {values['path']}", file=sys.stderr)

@@ -145,50 +145,99 @@ class TrainArgs:
             if not ok:
                 found.append(ArgProblem(field, message))
 
-        check(_is_file(self.base_model, "config.json"), "base_model",
-              f"{self.base_model!r} is not a model directory")
+        check(
+            _is_file(self.base_model, "config.json"),
+            "base_model",
+            f"{self.base_model!r} is not a model directory",
+        )
         check(_is_file(self.train_file), "train_file", f"{self.train_file!r} not found")
         if self.validation_file is not None:
-            check(_is_file(self.validation_file), "validation_file",
-                  f"{self.validation_file!r} not found")
+            check(
+                _is_file(self.validation_file),
+                "validation_file",
+                f"{self.validation_file!r} not found",
+            )
         check(isinstance(self.output_dir, str) and bool(self.output_dir), "output_dir", "required")
         if self.resume_from is not None:
-            check(_is_file(self.resume_from, "trainer_state.json"), "resume_from",
-                  f"{self.resume_from!r} is not a checkpoint directory")
+            check(
+                _is_file(self.resume_from, "trainer_state.json"),
+                "resume_from",
+                f"{self.resume_from!r} is not a checkpoint directory",
+            )
 
-        check(_auto_or_int(self.n_epochs, 1, 100), "n_epochs",
-              "must be an integer in [1, 100] or 'auto'")
-        check(_auto_or_int(self.batch_size, 1, 1024), "batch_size",
-              "must be an integer in [1, 1024] or 'auto'")
-        check(self.learning_rate_multiplier == "auto"
-              or (_is_number(self.learning_rate_multiplier)
-                  and 0 < self.learning_rate_multiplier <= 100),
-              "learning_rate_multiplier", "must be a number in (0, 100] or 'auto'")
-        check(_is_number(self.base_learning_rate) and 0 < self.base_learning_rate < 1,
-              "base_learning_rate", "must be in (0, 1)")
+        check(
+            _auto_or_int(self.n_epochs, 1, 100),
+            "n_epochs",
+            "must be an integer in [1, 100] or 'auto'",
+        )
+        check(
+            _auto_or_int(self.batch_size, 1, 1024),
+            "batch_size",
+            "must be an integer in [1, 1024] or 'auto'",
+        )
+        check(
+            self.learning_rate_multiplier == "auto"
+            or (
+                _is_number(self.learning_rate_multiplier)
+                and 0 < self.learning_rate_multiplier <= 100
+            ),
+            "learning_rate_multiplier",
+            "must be a number in (0, 100] or 'auto'",
+        )
+        check(
+            _is_number(self.base_learning_rate) and 0 < self.base_learning_rate < 1,
+            "base_learning_rate",
+            "must be in (0, 1)",
+        )
 
-        check(_is_int(self.lora_rank) and 1 <= self.lora_rank <= 1024, "lora_rank",
-              "must be an integer in [1, 1024]")
+        check(
+            _is_int(self.lora_rank) and 1 <= self.lora_rank <= 1024,
+            "lora_rank",
+            "must be an integer in [1, 1024]",
+        )
         check(_is_number(self.lora_alpha) and self.lora_alpha > 0, "lora_alpha", "must be > 0")
-        check(_is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1, "lora_dropout",
-              "must be in [0, 1)")
-        check(self.target_modules in TARGET_PRESETS, "target_modules",
-              f"must be one of {', '.join(TARGET_PRESETS)}")
+        check(
+            _is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1,
+            "lora_dropout",
+            "must be in [0, 1)",
+        )
+        check(
+            self.target_modules in TARGET_PRESETS,
+            "target_modules",
+            f"must be one of {', '.join(TARGET_PRESETS)}",
+        )
 
-        check(_is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, "warmup_ratio",
-              "must be in [0, 1)")
-        check(self.lr_schedule in SCHEDULES, "lr_schedule",
-              f"must be one of {', '.join(SCHEDULES)}")
-        check(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
-              "must be >= 0")
-        check(_is_int(self.gradient_accumulation_steps) and self.gradient_accumulation_steps >= 1,
-              "gradient_accumulation_steps", "must be an integer >= 1")
-        check(_is_number(self.max_grad_norm) and self.max_grad_norm >= 0, "max_grad_norm",
-              "must be >= 0")
-        check(_is_int(self.max_seq_len) and self.max_seq_len >= 8, "max_seq_len",
-              "must be an integer >= 8")
-        check(_is_int(self.seed) and 0 <= self.seed <= 2**31 - 1, "seed",
-              "must be an integer in [0, 2147483647]")
+        check(
+            _is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1,
+            "warmup_ratio",
+            "must be in [0, 1)",
+        )
+        check(
+            self.lr_schedule in SCHEDULES, "lr_schedule", f"must be one of {', '.join(SCHEDULES)}"
+        )
+        check(
+            _is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0"
+        )
+        check(
+            _is_int(self.gradient_accumulation_steps) and self.gradient_accumulation_steps >= 1,
+            "gradient_accumulation_steps",
+            "must be an integer >= 1",
+        )
+        check(
+            _is_number(self.max_grad_norm) and self.max_grad_norm >= 0,
+            "max_grad_norm",
+            "must be >= 0",
+        )
+        check(
+            _is_int(self.max_seq_len) and self.max_seq_len >= 8,
+            "max_seq_len",
+            "must be an integer >= 8",
+        )
+        check(
+            _is_int(self.seed) and 0 <= self.seed <= 2**31 - 1,
+            "seed",
+            "must be an integer in [0, 2147483647]",
+        )
 
         for name in (
             "eval_every_steps",
@@ -196,14 +245,26 @@ class TrainArgs:
             "early_stopping_patience",
             "cpu_threads",
         ):
-            check(_is_int(getattr(self, name)) and getattr(self, name) >= 0, name,
-                  "must be an integer >= 0")
-        check(_is_int(self.keep_checkpoints) and self.keep_checkpoints >= 1, "keep_checkpoints",
-              "must be an integer >= 1")
-        check(_is_int(self.log_every_steps) and self.log_every_steps >= 1, "log_every_steps",
-              "must be an integer >= 1")
-        check(_is_number(self.early_stopping_threshold) and self.early_stopping_threshold >= 0,
-              "early_stopping_threshold", "must be >= 0")
+            check(
+                _is_int(getattr(self, name)) and getattr(self, name) >= 0,
+                name,
+                "must be an integer >= 0",
+            )
+        check(
+            _is_int(self.keep_checkpoints) and self.keep_checkpoints >= 1,
+            "keep_checkpoints",
+            "must be an integer >= 1",
+        )
+        check(
+            _is_int(self.log_every_steps) and self.log_every_steps >= 1,
+            "log_every_steps",
+            "must be an integer >= 1",
+        )
+        check(
+            _is_number(self.early_stopping_threshold) and self.early_stopping_threshold >= 0,
+            "early_stopping_threshold",
+            "must be >= 0",
+        )
         return found
 
     def validate(self) -> None:

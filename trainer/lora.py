@@ -39,8 +39,14 @@ TARGET_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
     "bert": {
         "QV": ("query", "value"),
         "QKVO": ("query", "key", "value", "attention.output.dense"),
-        "QKVO_FFN": ("query", "key", "value", "attention.output.dense",
-                     "intermediate.dense", "output.dense"),
+        "QKVO_FFN": (
+            "query",
+            "key",
+            "value",
+            "attention.output.dense",
+            "intermediate.dense",
+            "output.dense",
+        ),
     },
 }
 
