@@ -629,7 +629,12 @@ def test_openapi_lists_every_route_with_schemas(rest: Stack) -> None:
         for method in route.methods - {"HEAD"}:
             assert method.lower() in paths[path], (method, path)
     for binding in BINDINGS:
-        path = "/tunewire" + re.sub(r"\{(\w+)=\*\*\}", r"{\1}", binding.template)
+        # Route parameters spell a dotted field (`{job.id}`) with "__", and drop `=**`.
+        path = "/tunewire" + re.sub(
+            r"\{([\w.]+)(?:=\*\*)?\}",
+            lambda m: "{" + m.group(1).replace(".", "__") + "}",
+            binding.template,
+        )
         operation = paths[path][binding.http_method.lower()]
         assert operation["operationId"] == binding.operation_id
     schemas = document["components"]["schemas"]
