@@ -55,5 +55,11 @@ proto: $(VENV)/.installed $(BUF) ## regenerate Python code from the protos
 	$(BUF) format --write
 	$(BUF) generate
 
+bench: $(VENV)/.installed ## benchmarks vs what users would run instead; writes bench/RESULTS.md
+	$(PY) -m bench
+
+bench-quick: $(VENV)/.installed ## every benchmark in seconds (CI: catches rot; figures mean nothing)
+	$(PY) -m bench --quick
+
 clean: ## remove the venv and local data
 	rm -rf $(VENV) .tunewire .gen-check

@@ -158,6 +158,19 @@ def test_batch_order_is_a_pure_function_of_seed_and_epoch() -> None:
     assert plan != batching.plan_epoch(lengths, 4, seed=8, epoch=2)
 
 
+def test_split_by_length_splits_only_where_padding_costs_more_than_a_pass() -> None:
+    lengths = [900, 300, 300, 299, 298]
+    parts = batching.split_by_length(range(5), lengths, pass_cost=32)
+    # The 900-token row alone; padding the others to it would waste ~2,400 tokens.
+    assert parts == [[0], [1, 2, 3, 4]]
+    assert sorted(i for part in parts for i in part) == list(range(5))
+    # Rows of equal length are never split, and a split is a pure function.
+    assert batching.split_by_length([0, 1, 2], [50, 50, 50], pass_cost=32) == [[0, 1, 2]]
+    assert parts == batching.split_by_length(range(5), lengths, pass_cost=32)
+    # A costly pass (a GPU's) keeps the batch whole.
+    assert batching.split_by_length(range(5), lengths, pass_cost=10_000) == [[0, 1, 2, 3, 4]]
+
+
 def test_collate_pads_right_and_masks_padding(tokenizer: PreTrainedTokenizerBase) -> None:
     examples = [
         chat(Message("user", "Hi"), Message("assistant", "Hello there, how are you?")),

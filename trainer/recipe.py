@@ -86,13 +86,15 @@ class EventCallback(Protocol):
 
 
 class ValidationCallback(Protocol):
-    def __call__(self, *, step: int, valid_loss: float, valid_mean_token_accuracy: float) -> None:
-        ...
+    def __call__(
+        self, *, step: int, valid_loss: float, valid_mean_token_accuracy: float
+    ) -> None: ...
 
 
 class CheckpointCallback(Protocol):
-    def __call__(self, *, step: int, epoch: float, path: Path, metrics: dict[str, float]) -> None:
-        ...
+    def __call__(
+        self, *, step: int, epoch: float, path: Path, metrics: dict[str, float]
+    ) -> None: ...
 
 
 def _ignore(*_args: object, **_kwargs: object) -> None:
@@ -354,6 +356,7 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
 
     # ---- train loop ----------------------------------------------------------------------
     pad_id = tokenizer.pad_token_id
+    pass_cost = batching.PASS_COST_TOKENS.get(device.type, batching.PASS_COST_TOKENS["cuda"])
     evaluate = partial(_evaluate, model, pad_id=pad_id, batch_size=hp.batch_size, bf16=bf16)
     early_stopped = False
     saved_step = resume.step if resume else -1
@@ -376,8 +379,9 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
             started = time.perf_counter()
             learning_rate = scheduler.get_last_lr()[0]
             micro_batches = [
-                batching.collate([train_data.sequences[i] for i in batch], pad_id)
+                batching.collate([train_data.sequences[i] for i in part], pad_id)
                 for batch in groups[index]
+                for part in batching.split_by_length(batch, lengths, pass_cost)
             ]
             train_loss, train_accuracy = _train_step(
                 model, optimizer, scheduler, trainable, micro_batches, bf16, args.max_grad_norm
@@ -418,8 +422,7 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
                 log_tokens, log_seconds = 0, 0.0
 
             checkpoint_due = last_of_epoch or (
-                args.checkpoint_every_steps > 0
-                and progress.step % args.checkpoint_every_steps == 0
+                args.checkpoint_every_steps > 0 and progress.step % args.checkpoint_every_steps == 0
             )
             eval_due = checkpoint_due or (
                 args.eval_every_steps > 0 and progress.step % args.eval_every_steps == 0
@@ -442,8 +445,8 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
                     progress.evaluations_without_improvement = 0
                 else:
                     progress.evaluations_without_improvement += 1
-                early_stopped = 0 < args.early_stopping_patience <= (
-                    progress.evaluations_without_improvement
+                early_stopped = (
+                    0 < args.early_stopping_patience <= (progress.evaluations_without_improvement)
                 )
             if checkpoint_due or early_stopped:
                 save_checkpoint()

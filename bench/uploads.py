@@ -1,0 +1,241 @@
+"""Uploads: a large JSONL file through the gRPC UploadFile stream (the project's own
+`server.client.Client.upload`, 1 MiB chunks) and through the REST bridge's multipart route
+(`POST /tunewire/v1/files`, streamed by httpx), against a plain file copy on the same disk
+(`shutil.copyfile` + fsync, the durability the blob store gives: it fsyncs before the
+rename).
+
+Uploads use purpose USER_DATA, so the figure is the transfer (stream, sha256, fsync,
+rename); validation of fine-tune files is the `validation` benchmark's. Each uploaded
+file is deleted before the next round. The server's (and bridge's) peak RSS growth during
+an upload is sampled every 10 ms: streaming must not hold the file in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import workload
+from bench.harness import (
+    MB,
+    Context,
+    Figure,
+    PeakRss,
+    Section,
+    interleaved,
+    log,
+    median_of,
+    spread_of,
+)
+from bench.servers import bridge_up, tunewire_up
+
+NAME = "uploads"
+TITLE = "Uploads: a large JSONL through gRPC and the REST bridge vs a file copy"
+
+
+def run(ctx: Context) -> Section:
+    from contextlib import ExitStack
+
+    say = log(NAME)
+    size = ctx.scale(1_000_000_000, 50_000_000)
+    source = workload.big_jsonl(size)
+    size = source.stat().st_size
+    with ExitStack() as stack:
+        server = stack.enter_context(
+            tunewire_up(
+                ctx.work / "home",
+                None,
+                ctx.threads,
+                max_running_jobs="0",
+                max_upload_bytes=str(4 * size),
+            )
+        )
+        bridge_url, bridge_pid, bridge_error = None, 0, ""
+        try:
+            import bridge.main  # noqa: F401
+
+            bridge_url, bridge_pid = stack.enter_context(
+                bridge_up(server.address, ctx.work / "bridge.log", ctx.threads)
+            )
+        except Exception as error:  # noqa: BLE001 - reported as "not yet"
+            bridge_error = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            say(f"bridge not usable: {bridge_error}")
+        _read_through(source)
+        variants = {
+            "grpc": lambda: _grpc_upload(server, source),
+            "copy": lambda: _copy(source, ctx.work / "copy.jsonl"),
+        }
+        if bridge_url:
+            variants["bridge"] = lambda: _bridge_upload(server, bridge_url, bridge_pid, source)
+        samples = interleaved(variants, ctx.repeats, warmup=0, log=say)
+    return _section(ctx, size, samples, bridge_error)
+
+
+def _read_through(path: Path) -> None:
+    """Read the file once, so every variant reads it from the page cache."""
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def _grpc_upload(server: Any, source: Path) -> dict[str, float]:
+    from server.client import Client
+    from tunewire.v1 import files_pb2
+
+    client = Client(server.address, server.key)
+    try:
+        with PeakRss(server.pid) as rss:
+            started = time.perf_counter()
+            record = client.upload(source, files_pb2.File.PURPOSE_USER_DATA, "big.jsonl")
+            seconds = time.perf_counter() - started
+        _delete(client, record.id)
+    finally:
+        client.close()
+    if record.bytes != source.stat().st_size:
+        raise RuntimeError(f"uploaded {record.bytes} bytes of {source.stat().st_size}")
+    return {
+        "mb_per_s": record.bytes / MB / seconds,
+        "seconds": seconds,
+        "server_rss_growth_mib": rss.growth / 2**20,
+    }
+
+
+def _bridge_upload(server: Any, url: str, bridge_pid: int, source: Path) -> dict[str, float]:
+    import httpx
+
+    from server.client import Client
+
+    with open(source, "rb") as f, PeakRss(server.pid) as rss, PeakRss(bridge_pid) as brss:
+        started = time.perf_counter()
+        reply = httpx.post(
+            f"{url}/tunewire/v1/files",
+            data={"purpose": "PURPOSE_USER_DATA"},
+            files={"file": ("big.jsonl", f, "application/jsonl")},
+            headers={"authorization": f"Bearer {server.key}"},
+            timeout=900,
+        )
+        seconds = time.perf_counter() - started
+    if reply.status_code != 200:
+        raise RuntimeError(f"bridge upload: HTTP {reply.status_code}: {reply.text[:500]}")
+    record = reply.json()
+    client = Client(server.address, server.key)
+    try:
+        _delete(client, record["id"])
+    finally:
+        client.close()
+    if int(record["bytes"]) != source.stat().st_size:
+        raise RuntimeError(f"uploaded {record['bytes']} bytes of {source.stat().st_size}")
+    return {
+        "mb_per_s": int(record["bytes"]) / MB / seconds,
+        "seconds": seconds,
+        "server_rss_growth_mib": rss.growth / 2**20,
+        "bridge_rss_growth_mib": brss.growth / 2**20,
+    }
+
+
+def _delete(client: Any, file_id: str) -> None:
+    from tunewire.v1 import files_pb2
+
+    client.files.DeleteFile(
+        files_pb2.DeleteFileRequest(file_id=file_id), metadata=client.metadata, timeout=60
+    )
+
+
+def _copy(source: Path, target: Path) -> dict[str, float]:
+    started = time.perf_counter()
+    shutil.copyfile(source, target)
+    with open(target, "rb+") as f:
+        os.fsync(f.fileno())
+    seconds = time.perf_counter() - started
+    size = target.stat().st_size
+    target.unlink()
+    return {"mb_per_s": size / MB / seconds, "seconds": seconds}
+
+
+def _section(ctx: Context, size: int, samples: dict[str, list], bridge_error: str) -> Section:
+    grpc_rate = median_of(samples["grpc"], "mb_per_s")
+    copy_rate = median_of(samples["copy"], "mb_per_s")
+    growth = max(s["server_rss_growth_mib"] for s in samples["grpc"])
+    section = Section(name=NAME, title=TITLE)
+    section.method = [
+        f"File: {size / MB:,.0f} MB of synthetic chat JSONL (valid training data), read "
+        "once beforehand so every variant reads it from the page cache; server home on the "
+        "same disk as the copy.",
+        "gRPC: server.client.Client.upload (1 MiB chunks) to a real `tunewire up`; bridge: "
+        "httpx multipart POST to a real `python -m bridge` in front of it; copy: "
+        "shutil.copyfile + fsync. Purpose USER_DATA (no validation: see `validation`).",
+        f"Interleaved, {len(samples['grpc'])} repeat(s); medians; RSS growth is the largest "
+        "over the repeats.",
+    ]
+    section.add(
+        Figure(
+            "gRPC upload throughput",
+            grpc_rate,
+            copy_rate,
+            "MB/s",
+            "shutil.copyfile + fsync, same disk",
+            spread=f"grpc {spread_of(samples['grpc'], 'mb_per_s')}; "
+            f"copy {spread_of(samples['copy'], 'mb_per_s')}",
+        ),
+        Figure(
+            "server peak RSS growth during a gRPC upload",
+            growth,
+            size / 2**20,
+            "MiB",
+            "the file's size",
+            higher_is_better=False,
+            goal="bounded (< 64 MiB)",
+            met=growth < 64,
+        ),
+    )
+    if "bridge" in samples:
+        bridge = samples["bridge"]
+        section.add(
+            Figure(
+                "bridge multipart upload throughput",
+                median_of(bridge, "mb_per_s"),
+                copy_rate,
+                "MB/s",
+                "shutil.copyfile + fsync, same disk",
+                spread=spread_of(bridge, "mb_per_s"),
+            ),
+            Figure(
+                "bridge multipart upload throughput",
+                median_of(bridge, "mb_per_s"),
+                grpc_rate,
+                "MB/s",
+                "the same upload over gRPC",
+            ),
+            Figure(
+                "bridge peak RSS growth during an upload",
+                max(s["bridge_rss_growth_mib"] for s in bridge),
+                size / 2**20,
+                "MiB",
+                "the file's size",
+                higher_is_better=False,
+                goal="bounded (< 64 MiB)",
+                met=max(s["bridge_rss_growth_mib"] for s in bridge) < 64,
+            ),
+        )
+        bridge_text = f"; bridge multipart {median_of(bridge, 'mb_per_s'):.0f} MB/s"
+    else:
+        section.add(
+            Figure(
+                "bridge multipart upload throughput",
+                None,
+                copy_rate,
+                "MB/s",
+                "shutil.copyfile + fsync",
+                note=f"not yet: {bridge_error}",
+            )
+        )
+        bridge_text = "; bridge multipart: not yet"
+    section.summary = (
+        f"gRPC upload {grpc_rate:.0f} MB/s vs {copy_rate:.0f} MB/s for a file copy "
+        f"({grpc_rate / copy_rate:.2f}x), server RSS +{growth:.0f} MiB for a "
+        f"{size / MB:,.0f} MB file{bridge_text}."
+    )
+    return section
