@@ -17,21 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors import safe_open
-from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
-from tokenizers import models as tokenizer_models
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
+# torch and transformers are imported where models are built or loaded: listing
+# and resolving models (what the control plane does) reads only JSON and the
+# safetensors headers, and must not pay seconds of imports.
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 TINY_LLAMA = "tiny-llama"
 MINILM = "all-MiniLM-L6-v2"
@@ -78,6 +71,9 @@ def init_tiny(models_dir: str | os.PathLike[str]) -> Path:
     seconds on a CPU. Built in a temporary dir and renamed into place, so a concurrent or
     interrupted build never leaves a half-written model behind.
     """
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
     root = Path(models_dir)
     target = root / TINY_LLAMA
     if (target / "config.json").is_file():
@@ -137,6 +133,10 @@ def _corpus() -> Iterator[str]:
 
 
 def _train_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers import models as tokenizer_models
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = Tokenizer(tokenizer_models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -178,10 +178,7 @@ def describe(path: Path, name: str) -> BaseModel:
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     parameters = 0
     for weights in sorted(path.glob("*.safetensors")):
-        with safe_open(weights, framework="pt") as handle:
-            for key in handle.keys():
-                shape = handle.get_slice(key).get_shape()
-                parameters += _numel(shape)
+        parameters += sum(_numel(entry["shape"]) for entry in _safetensors_header(weights))
     return BaseModel(
         name=name,
         architecture=(config.get("architectures") or [config.get("model_type", "unknown")])[0],
@@ -190,6 +187,15 @@ def describe(path: Path, name: str) -> BaseModel:
         context_length=int(config.get("max_position_embeddings", 0)),
         path=path,
     )
+
+
+def _safetensors_header(path: Path) -> list[dict]:
+    """The tensor entries of a safetensors file's header: an 8-byte little-endian
+    length, then that much JSON (the format's whole index, read without torch)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    return [entry for key, entry in header.items() if key != "__metadata__"]
 
 
 def _numel(shape: list[int]) -> int:
@@ -248,6 +254,8 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token (EOS when it has none) for batching and a
     chat template (DEFAULT_CHAT_TEMPLATE when it has none), saved with the adapter so
     inference renders chats exactly as training did."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -258,6 +266,8 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
 
 def load_causal_lm(path: str | os.PathLike[str], dtype: torch.dtype) -> PreTrainedModel:
     """A decoder-only model for LoRA SFT: safetensors only, no remote code, local files only."""
+    from transformers import AutoModelForCausalLM
+
     return AutoModelForCausalLM.from_pretrained(
         path,
         dtype=dtype,
