@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     """A trainer that has not heart-beaten for this long is presumed dead."""
     heartbeat_seconds: float = 2.0
     """How often trainers heart-beat (and so how soon they see cancel/pause)."""
+    standby_trainer: bool = True
+    """Keep one trainer process warm (torch imported) so jobs start in milliseconds."""
     max_attempts: int = 3
     """Trainer attempts per job (the first plus resumes) before it fails."""
     models_dir_override: Path | None = None

@@ -30,6 +30,7 @@ class Scheduler:
             settings.home / "logs",
             settings.heartbeat_seconds,
             self._on_exit,
+            standby=settings.standby_trainer and settings.max_running_jobs > 0,
         )
         self._wake = asyncio.Event()
         self._stopping = False
@@ -37,6 +38,7 @@ class Scheduler:
 
     async def run(self) -> None:
         self._recover()
+        await self.executor.warm()
         while True:
             self._wake.clear()
             self._expire_leases()

@@ -10,9 +10,11 @@ process stops at once without writing anything more.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -132,13 +134,15 @@ def train_args(start: worker_pb2.StartAttemptResponse):
 
 
 def run(reporter: Reporter, heartbeat_seconds: float) -> None:
-    from trainer.args import InvalidArgs
-    from trainer.recipe import Callbacks, RunInfo, train
-
     start = reporter.call("StartAttempt")
     threading.Thread(
         target=reporter.heartbeat_forever, args=(heartbeat_seconds,), daemon=True
     ).start()
+    # Only now, with the lease taken and heart-beaten: importing torch and transformers
+    # takes seconds (over 10 on a busy machine), longer than a short lease.
+    from trainer.args import InvalidArgs
+    from trainer.recipe import Callbacks, RunInfo, train
+
     args = train_args(start)
 
     def on_start(info: RunInfo) -> None:
@@ -252,13 +256,40 @@ def run(reporter: Reporter, heartbeat_seconds: float) -> None:
     )
 
 
+def standby() -> dict[str, Any] | None:
+    """Pay the seconds of importing torch, transformers and peft before any job
+    waits on them, then block until the executor hands over a lease."""
+    import trainer.recipe  # noqa: F401 - imported for its import time alone
+
+    line = sys.stdin.readline()
+    if not line:
+        return None
+    assignment = json.loads(line)
+    # From here on this process is the job's trainer: its output goes to the job's log.
+    out = os.open(assignment["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    return assignment
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", required=True)
-    parser.add_argument("--job", required=True)
-    parser.add_argument("--epoch", type=int, required=True)
+    parser.add_argument("--job")
+    parser.add_argument("--epoch", type=int)
     parser.add_argument("--heartbeat-seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--standby",
+        action="store_true",
+        help="import the trainer now, then read the assignment (a JSON line) from stdin",
+    )
     opts = parser.parse_args()
+    if opts.standby:
+        assignment = standby()
+        if assignment is None:
+            return  # the control plane went away before it needed this trainer
+        opts.job, opts.epoch = assignment["job"], assignment["epoch"]
     logs.setup(os.environ.get("TUNEWIRE_LOG_LEVEL", "warning"))
     reporter = Reporter(opts.address, opts.job, opts.epoch, os.environ["TUNEWIRE_WORKER_TOKEN"])
     Outcome = worker_pb2.ReportResultRequest
