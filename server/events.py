@@ -23,6 +23,11 @@ class EventLog:
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
         self._signals: dict[str, asyncio.Event] = {}
+        # parent -> ((sequence, limit), events): the last read of each parent,
+        # valid until its next append. Live watchers of one job wake together at
+        # the same cursor, so a thousand of them cost one query per event. Filled
+        # only from committed rows, so a rolled-back append is never served.
+        self._reads: dict[str, tuple[tuple[int, int], list[Event]]] = {}
 
     def append(
         self,
@@ -67,17 +72,32 @@ class EventLog:
                 "proto": event.SerializeToString(),
             }
         )
+        self._reads.pop(parent, None)
         signal = self._signals.pop(parent, None)
         if signal is not None:
             signal.set()
         return event
 
     def after(self, parent: str, sequence: int, limit: int) -> list[Event]:
+        """Up to `limit` events of `parent` after `sequence`, oldest first. The
+        events returned are shared between callers: read them, don't change them."""
+        read = self._reads.get(parent)
+        if read is not None and read[0] == (sequence, limit):
+            return read[1]
         rows = self.db.execute(
             "SELECT proto FROM events WHERE parent = ? AND sequence > ? ORDER BY sequence LIMIT ?",
             [parent, sequence, limit],
         )
-        return [Event.FromString(proto) for (proto,) in rows]
+        events = [Event.FromString(proto) for (proto,) in rows]
+        self._reads[parent] = ((sequence, limit), events)
+        return events
+
+    def forget(self, parent: str) -> None:
+        """Drop what is kept for `parent` once nobody watches it."""
+        self._reads.pop(parent, None)
+        signal = self._signals.get(parent)
+        if signal is not None and not signal.is_set():
+            del self._signals[parent]
 
     def signal(self, parent: str) -> asyncio.Event:
         """The signal set by the next append to `parent`. Take it before reading."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import grpc
 
@@ -11,7 +12,7 @@ from server.control_plane import ControlPlane, authenticated
 from server.errors import InvalidArgument
 from server.ids import new_id, now, timestamp
 from server.job_spec import check_create, check_metadata
-from server.lifecycle import FINAL_STATES, Job
+from server.lifecycle import FINAL_STATES, Event, Job, state_name
 from server.rpc import caller_org
 from server.store import pages
 from server.store.db import write
@@ -19,11 +20,13 @@ from tunewire.v1 import checkpoints_pb2, jobs_pb2, jobs_pb2_grpc, worker_pb2
 
 STREAM_BATCH = 500
 UPDATABLE = frozenset({"metadata"})
+FINAL_NAMES = frozenset(state_name(s) for s in FINAL_STATES)
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
+        self._watching: Counter[str] = Counter()  # job id -> live StreamJobEvents calls
 
     @authenticated
     async def CreateJob(self, request: jobs_pb2.CreateJobRequest, context) -> Job:
@@ -165,19 +168,33 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         lifecycle.load(db, request.job_id, caller_org())
         if request.after_sequence < 0:
             raise InvalidArgument.field("after_sequence", "must not be negative")
-        cursor = request.after_sequence
-        while True:
-            # Take the signal before reading: an append after the read sets it.
-            signal = events.signal(request.job_id)
-            batch = events.after(request.job_id, cursor, STREAM_BATCH)
-            for event in batch:
-                yield jobs_pb2.StreamJobEventsResponse(event=event)
-                cursor = event.sequence
-            if batch:
-                continue
-            if lifecycle.load(db, request.job_id).state in FINAL_STATES:
-                return
-            await signal.wait()
+        cursor, progressed = request.after_sequence, False
+        self._watching[request.job_id] += 1
+        try:
+            while True:
+                # Take the signal before reading: an append after the read sets it.
+                signal = events.signal(request.job_id)
+                batch = events.after(request.job_id, cursor, STREAM_BATCH)
+                for event in batch:
+                    yield jobs_pb2.StreamJobEventsResponse(event=event)
+                    cursor, progressed = event.sequence, True
+                    # The final state event is the job's last: the stream ends with it.
+                    if event.type == Event.TYPE_STATE and event.data["state"] in FINAL_NAMES:
+                        return
+                if batch:
+                    continue
+                # A wake that brought nothing new: the job may have ended at or
+                # before the cursor (a cursor past its end), so look at it. After
+                # events, only a final state event can end it, and none came.
+                if not progressed and lifecycle.load(db, request.job_id).state in FINAL_STATES:
+                    return
+                progressed = False
+                await signal.wait()
+        finally:
+            self._watching[request.job_id] -= 1
+            if not self._watching[request.job_id]:
+                del self._watching[request.job_id]
+                events.forget(request.job_id)
 
     @authenticated
     async def ListCheckpoints(self, request: jobs_pb2.ListCheckpointsRequest, context):
