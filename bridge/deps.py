@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field
 
 from bridge.backend import Backend, Metadata
 from bridge.errors import ApiError, Code
@@ -38,3 +39,9 @@ def _auth(
 BackendDep = Annotated[Backend, Depends(_backend)]
 SettingsDep = Annotated[BridgeSettings, Depends(_settings)]
 Auth = Annotated[Metadata, Depends(_auth)]
+
+
+# Request numbers that land in protobuf integer fields: out of range is a 422
+# naming the field, never a failed assignment (a 500) deeper down.
+Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]

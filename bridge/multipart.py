@@ -169,7 +169,9 @@ class MultipartParser:
         disposition = headers.get("content-disposition")
         if disposition is None:
             raise MultipartError("a part has no Content-Disposition header")
-        kind, options = parse_options_header(disposition)
+        # As UTF-8 bytes: given a str, the parser encodes it as Latin-1 and fails on
+        # the UTF-8 filenames browsers send.
+        kind, options = parse_options_header(disposition.encode())
         name = options.get(b"name")
         if kind != b"form-data" or name is None:
             raise MultipartError("a part's Content-Disposition must be form-data with a name")

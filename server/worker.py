@@ -10,6 +10,7 @@ process stops at once without writing anything more.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import math
@@ -259,8 +260,10 @@ def run(reporter: Reporter, heartbeat_seconds: float) -> None:
 def standby() -> dict[str, Any] | None:
     """Pay the seconds of importing torch, transformers and peft before any job
     waits on them, then block until the executor hands over a lease."""
-    import trainer.recipe  # noqa: F401 - imported for its import time alone
-
+    # On a thread: a lease handed over mid-import (the executor takes a spare that is
+    # still importing) is taken and heart-beaten at once, not once the import is done,
+    # which can outlast a short lease; `run` waits for the import where it needs it.
+    threading.Thread(target=importlib.import_module, args=("trainer.recipe",), daemon=True).start()
     line = sys.stdin.readline()
     if not line:
         return None

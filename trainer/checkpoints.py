@@ -197,7 +197,11 @@ def prune(root: Path, keep: int, protect: Path | None = None) -> None:
     staging dirs left behind by a killed write."""
     for path in list_checkpoints(root)[:-keep]:
         if path != protect:
-            shutil.rmtree(path)
+            # Renamed out of sight first: a kill mid-delete must leave no `step-N`
+            # that looks complete but has lost its adapter files.
+            doomed = Path(tempfile.mkdtemp(prefix=f".old-{path.name}-", dir=root))
+            os.replace(path, doomed / path.name)
+            shutil.rmtree(doomed)
     for path in root.iterdir():
         if path.name.startswith((".tmp-", ".old-")):
             shutil.rmtree(path, ignore_errors=True)

@@ -31,7 +31,7 @@ from bridge.backend import (
     moment,
     struct_dict,
 )
-from bridge.deps import Auth, BackendDep, SettingsDep
+from bridge.deps import Auth, BackendDep, Int32, SettingsDep
 from bridge.errors import ApiError, Code, route_class
 from bridge.uploads import BINARY, Destination, Form, form_openapi, streamed_form
 from tunewire.v1 import events_pb2, files_pb2, jobs_pb2, models_pb2
@@ -148,13 +148,13 @@ class CohereBaseModel(BaseModel):
 
 
 class FinetuningHyperparameters(BaseModel):
-    early_stopping_patience: int | None = None
+    early_stopping_patience: Int32 | None = None
     early_stopping_threshold: float | None = None
-    train_batch_size: int | None = None
-    train_epochs: int | None = None
+    train_batch_size: Int32 | None = None
+    train_epochs: Int32 | None = None
     learning_rate: float | None = None
-    lora_alpha: int | None = None
-    lora_rank: int | None = None
+    lora_alpha: Int32 | None = None
+    lora_rank: Int32 | None = None
     lora_target_modules: TargetModules | None = None
 
 

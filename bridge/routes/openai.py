@@ -29,7 +29,7 @@ from bridge.backend import (
     struct_dict,
     unix,
 )
-from bridge.deps import Auth, BackendDep, SettingsDep
+from bridge.deps import Auth, BackendDep, Int32, Int64, SettingsDep
 from bridge.errors import ApiError, Code, route_class
 from bridge.streams import EVENT_STREAM, HEARTBEAT, STREAM_HEADERS, compact, open_stream, sse
 from bridge.uploads import BINARY, form_openapi, upload_file_form
@@ -316,14 +316,14 @@ class Strict(BaseModel):
 class HyperparametersIn(Strict):
     """OpenAI's, plus Tunewire's LoRA and early-stopping settings; each may be "auto"."""
 
-    n_epochs: Auto | int | None = None
-    batch_size: Auto | int | None = None
+    n_epochs: Auto | Int32 | None = None
+    batch_size: Auto | Int32 | None = None
     learning_rate_multiplier: Auto | float | None = None
     beta: Auto | float | None = None
-    lora_rank: Auto | int | None = None
-    lora_alpha: Auto | int | None = None
+    lora_rank: Auto | Int32 | None = None
+    lora_alpha: Auto | Int32 | None = None
     lora_dropout: Auto | float | None = None
-    early_stopping_patience: Auto | int | None = None
+    early_stopping_patience: Auto | Int32 | None = None
     early_stopping_threshold: Auto | float | None = None
 
 
@@ -348,7 +348,7 @@ class CreateJobRequest(Strict):
     training_file: str
     validation_file: str | None = None
     suffix: str | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     metadata: dict[str, str] | None = None
     integrations: list[IntegrationIn] | None = None
     hyperparameters: HyperparametersIn | None = Field(
@@ -377,19 +377,19 @@ class GenerationIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    max_tokens: int | None = None
+    max_tokens: Int32 | None = None
     temperature: float | None = None
     top_p: float | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int | None = None
+    seed: Int64 | None = None
+    n: Int32 | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
 
 
 class ChatRequest(GenerationIn):
     messages: list[ChatMessageIn]
-    max_completion_tokens: int | None = None
+    max_completion_tokens: Int32 | None = None
 
 
 class CompletionRequest(GenerationIn):

@@ -109,6 +109,31 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         db, settings = self.plane.db, self.plane.settings
         with write(db):
             job = self._leased(request.lease)
+            try:
+                base_model_path = resolve_model(settings.models_dir, job.base_model)
+                refused = ""
+            except ValueError as error:
+                # The models dir changed since the job was created (the model removed,
+                # or swapped for a symlink out of the dir): every attempt would meet the
+                # same refusal, so the job fails now, saying why.
+                refused = str(error)
+                job.error.CopyFrom(
+                    common_pb2.Error(code="invalid_base_model", message=refused, param="base_model")
+                )
+                lifecycle.transition(
+                    db,
+                    self.plane.events,
+                    job,
+                    Job.STATE_FAILED,
+                    f"Job failed: {refused}",
+                    level=Event.LEVEL_ERROR,
+                    data={"error": "invalid_base_model"},
+                    lease_expires_at=None,
+                    command=worker_pb2.COMMAND_CONTINUE,
+                )
+        if refused:
+            self.plane.wake_scheduler()
+            raise FailedPrecondition(f"job {job.id!r} failed: {refused}")
         files = {
             r["id"]: files_pb2.File.FromString(r["proto"])
             for r in db.query(
@@ -124,7 +149,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         valid = files.get(job.validation_file)
         return worker_pb2.StartAttemptResponse(
             job=job,
-            base_model_path=str(resolve_model(settings.models_dir, job.base_model)),
+            base_model_path=str(base_model_path),
             training_file_path=str(self.plane.blobs.path("files", job.training_file)),
             training_filename=files[job.training_file].filename,
             validation_file_path=str(self.plane.blobs.path("files", valid.id)) if valid else "",
