@@ -31,6 +31,7 @@ from server.ids import new_id, now, timestamp
 from server.rpc import caller_org
 from server.services.worker import artifacts
 from server.store import pages, records
+from server.store.blobs import read_chunks
 from server.store.db import write
 from tunewire.v1 import common_pb2, events_pb2, exports_pb2, exports_pb2_grpc, models_pb2
 
@@ -38,7 +39,6 @@ log = logging.getLogger("tunewire.exports")
 
 Export = exports_pb2.Export
 Event = events_pb2.Event
-CHUNK = 1024 * 1024
 MODULES = {
     Export.FORMAT_MERGED_SAFETENSORS: "trainer.merge",
     Export.FORMAT_ONNX: "trainer.onnx_export",
@@ -341,19 +341,5 @@ class ExportServicer(exports_pb2_grpc.ExportServiceServicer):
             raise NotFound("artifact", request.path)
         # The path is one the export recorded, never the request's own.
         path = self.plane.blobs.path("exports", export.id) / artifact.path
-        offset = 0
-        with open(path, "rb") as blob:
-            # An empty file still gets one (empty) chunk carrying its sha256.
-            while (data := blob.read(CHUNK)) or offset == 0:
-                last = offset + len(data) >= artifact.bytes
-                yield exports_pb2.DownloadExportArtifactResponse(
-                    chunk={
-                        "data": data,
-                        "offset": offset,
-                        "total_bytes": artifact.bytes,
-                        "sha256": artifact.sha256 if last else "",
-                    }
-                )
-                offset += len(data)
-                if last:
-                    break
+        for chunk in read_chunks(path, artifact.bytes, artifact.sha256):
+            yield exports_pb2.DownloadExportArtifactResponse(chunk=chunk)

@@ -15,12 +15,12 @@ from server.ids import new_id, now, timestamp
 from server.lifecycle import FINAL_STATES_SQL
 from server.rpc import caller_org
 from server.store import pages, records
+from server.store.blobs import read_chunks
 from server.store.db import write
 from server.validation import validate_file
 from tunewire.v1 import files_pb2, files_pb2_grpc
 
 File = files_pb2.File
-CHUNK = 1024 * 1024
 MAX_FILENAME = 255
 
 
@@ -148,19 +148,5 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
     async def DownloadFile(self, request: files_pb2.DownloadFileRequest, context):
         record = records.get(self.plane.db, "files", File, caller_org(), request.file_id)
         path = self.plane.blobs.path("files", record.id)
-        offset = 0
-        with open(path, "rb") as blob:
-            # An empty file still gets one (empty) chunk carrying its sha256.
-            while (data := blob.read(CHUNK)) or offset == 0:
-                last = offset + len(data) >= record.bytes
-                yield files_pb2.DownloadFileResponse(
-                    chunk={
-                        "data": data,
-                        "offset": offset,
-                        "total_bytes": record.bytes,
-                        "sha256": record.sha256 if last else "",
-                    }
-                )
-                offset += len(data)
-                if last:
-                    break
+        for chunk in read_chunks(path, record.bytes, record.sha256):
+            yield files_pb2.DownloadFileResponse(chunk=chunk)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
+
+from tunewire.v1 import common_pb2
 
 
 class BlobWriter:
@@ -39,6 +42,25 @@ class BlobWriter:
     def discard(self) -> None:
         self._file.close()
         self.tmp.unlink(missing_ok=True)
+
+
+CHUNK = 1024 * 1024
+
+
+def read_chunks(path: Path, total_bytes: int, sha256: str) -> Iterator[common_pb2.Chunk]:
+    """A blob as download chunks: each with its offset and the total size, the last
+    with the whole blob's sha256. An empty blob is one empty chunk (it still
+    carries the sha256)."""
+    offset = 0
+    with open(path, "rb") as blob:
+        while (data := blob.read(CHUNK)) or offset == 0:
+            last = offset + len(data) >= total_bytes
+            yield common_pb2.Chunk(
+                data=data, offset=offset, total_bytes=total_bytes, sha256=sha256 if last else ""
+            )
+            offset += len(data)
+            if last:
+                return
 
 
 class BlobStore:
