@@ -40,6 +40,16 @@ def report_proto(report) -> files_pb2.ValidationReport:
     )
 
 
+async def _drain(requests: AsyncIterator[files_pb2.UploadFileRequest], budget: int) -> None:
+    """Read and discard the rest of an upload, up to `budget` bytes. A call ended
+    while its client is still writing can reach that client as INTERNAL instead
+    of its real status; a client that sends on past the budget is cut off anyway."""
+    async for message in requests:
+        budget -= len(message.chunk)
+        if budget < 0:
+            return
+
+
 class FileServicer(files_pb2_grpc.FileServiceServicer):
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
@@ -70,6 +80,7 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
                 if message.HasField("metadata"):
                     raise InvalidArgument.field("metadata", "sent twice; only the first message")
                 if writer.size + len(message.chunk) > limit:
+                    await _drain(requests, budget=limit)
                     raise ResourceExhausted(
                         f"file is larger than the upload limit of {limit} bytes"
                     )
