@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 
 from bridge.errors import ApiError, Code
 from tunewire.v1 import (
+    auth_pb2_grpc,
     files_pb2_grpc,
     jobs_pb2_grpc,
     models_pb2,
@@ -33,11 +34,13 @@ class Backend:
     """The channel to the control plane and typed stubs over it."""
 
     channel: grpc.aio.Channel
+    auth: auth_pb2_grpc.AuthServiceStub = field(init=False)
     files: files_pb2_grpc.FileServiceStub = field(init=False)
     jobs: jobs_pb2_grpc.JobServiceStub = field(init=False)
     models: models_pb2_grpc.ModelServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
+        self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.files = files_pb2_grpc.FileServiceStub(self.channel)
         self.jobs = jobs_pb2_grpc.JobServiceStub(self.channel)
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)

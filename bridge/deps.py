@@ -11,6 +11,7 @@ from pydantic import Field
 from bridge.backend import Backend, Metadata
 from bridge.errors import ApiError, Code
 from bridge.settings import BridgeSettings
+from tunewire.v1 import auth_pb2
 
 
 def _backend(request: Request) -> Backend:
@@ -34,6 +35,14 @@ def _auth(
             Code.UNAUTHENTICATED, "missing API key: send 'Authorization: Bearer <api key>'"
         )
     return (("authorization", f"Bearer {credentials.credentials}"),)
+
+
+async def check_key(request: Request) -> None:
+    """Raise unless the request carries a live key: AuthService.GetCaller, before the
+    route reads anything else. The route's own calls check the key again; the lookup is
+    one indexed query, and a key revoked in between still gets 401 from them."""
+    metadata = _auth(await _bearer_scheme(request))
+    await _backend(request).auth.GetCaller(auth_pb2.GetCallerRequest(), metadata=metadata)
 
 
 BackendDep = Annotated[Backend, Depends(_backend)]

@@ -3,26 +3,19 @@
 gRPC failures (with the details the server put in `grpc-status-details-bin`),
 request validation failures and the bridge's own checks all become an `ApiError`.
 Each surface renders it in the envelope its clients parse, through its route
-class (`route_class`), so no handler maps errors itself.
+class (`bridge.routing.route_class`), so no handler maps errors itself.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from google.protobuf import any_pb2, json_format
 from google.rpc import error_details_pb2, status_pb2
-from starlette.requests import ClientDisconnect
-
-log = logging.getLogger("tunewire.bridge")
 
 Code = grpc.StatusCode
 DETAILS_KEY = "grpc-status-details-bin"
@@ -159,29 +152,3 @@ def native_error(error: ApiError) -> dict[str, Any]:
 
 
 Envelope = Callable[[ApiError], dict[str, Any]]
-
-
-def route_class(envelope: Envelope, media_type: str = "application/json") -> type[APIRoute]:
-    """An APIRoute whose failures are answered in `envelope`, with the mapped HTTP status."""
-
-    class SurfaceRoute(APIRoute):
-        def get_route_handler(self) -> Callable[[Request], Any]:
-            handler = super().get_route_handler()
-
-            async def handle(request: Request) -> Response:
-                try:
-                    return await handler(request)
-                except ClientDisconnect:
-                    # Gone mid-request (an upload cut off): nobody reads an answer.
-                    return Response(status_code=499)
-                except (ApiError, grpc.aio.AioRpcError, RequestValidationError) as error:
-                    failure = as_api_error(error)
-                    if failure.http_status >= 500 and failure.code != Code.UNIMPLEMENTED:
-                        log.warning("%s %s: %s", request.method, request.url.path, failure.message)
-                    return JSONResponse(
-                        envelope(failure), status_code=failure.http_status, media_type=media_type
-                    )
-
-            return handle
-
-    return SurfaceRoute

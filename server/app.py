@@ -19,12 +19,15 @@ from server.config import Settings
 from server.control_plane import ControlPlane
 from server.rpc import RejectMalformedRequests
 from server.scheduler import Scheduler
+from server.services.auth import AuthServicer
 from server.services.exports import ExportServicer
 from server.services.files import FileServicer
 from server.services.jobs import JobServicer
 from server.services.models import ModelServicer
 from server.services.worker import WorkerServicer
 from tunewire.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
     exports_pb2,
     exports_pb2_grpc,
     files_pb2,
@@ -42,6 +45,7 @@ GRACE_SECONDS = 5.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 SERVICES = [
+    (auth_pb2, "AuthService", auth_pb2_grpc.add_AuthServiceServicer_to_server, AuthServicer),
     (files_pb2, "FileService", files_pb2_grpc.add_FileServiceServicer_to_server, FileServicer),
     (jobs_pb2, "JobService", jobs_pb2_grpc.add_JobServiceServicer_to_server, JobServicer),
     (models_pb2, "ModelService", models_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer),

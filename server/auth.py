@@ -68,16 +68,23 @@ def ensure_first_key(db: sqlite_utils.Database, path: Path) -> str | None:
     return key
 
 
-def org_for(db: sqlite_utils.Database, authorization: str | None) -> str:
-    """The org of a `Bearer <key>` header value; UNAUTHENTICATED otherwise."""
+def caller(db: sqlite_utils.Database, authorization: str | None) -> dict:
+    """The live key of a `Bearer <key>` header value (id, org, prefix, created_at);
+    UNAUTHENTICATED otherwise."""
     if not authorization:
         raise Unauthenticated("missing authorization metadata: send 'Bearer <api key>'")
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key:
         raise Unauthenticated("authorization must be 'Bearer <api key>'")
     row = db.execute(
-        "SELECT org FROM api_keys WHERE hash = ? AND revoked_at IS NULL", [_hash(key.strip())]
+        "SELECT id, org, prefix, created_at FROM api_keys WHERE hash = ? AND revoked_at IS NULL",
+        [_hash(key.strip())],
     ).fetchone()
     if row is None:
         raise Unauthenticated("invalid or revoked API key")
-    return row[0]
+    return dict(zip(("id", "org", "prefix", "created_at"), row, strict=True))
+
+
+def org_for(db: sqlite_utils.Database, authorization: str | None) -> str:
+    """The org of a `Bearer <key>` header value; UNAUTHENTICATED otherwise."""
+    return caller(db, authorization)["org"]

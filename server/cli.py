@@ -14,7 +14,7 @@ from server.cli_common import Address, ApiKey, connect, console, err, fail, new_
 from server.cli_models import models_app
 from server.client import PURPOSES, Client
 from server.config import Settings
-from tunewire.v1 import files_pb2, jobs_pb2
+from tunewire.v1 import auth_pb2, files_pb2, jobs_pb2
 
 app = typer.Typer(help="Tunewire: self-hosted LoRA fine-tuning.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (local admin: works on the data dir directly).")
@@ -86,6 +86,16 @@ def keys_revoke(key_id: str) -> None:
     except NotFound as error:
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from error
+
+
+@app.command()
+def whoami(address: Address = "localhost:50051", api_key: ApiKey = None) -> None:
+    """Check your API key: the organization and key it is."""
+    client = connect(address, api_key)
+    try:
+        show(client.auth.GetCaller(auth_pb2.GetCallerRequest(), metadata=client.metadata))
+    except grpc.RpcError as error:
+        fail(error)
 
 
 @files_app.command("upload")

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 
 from tunewire.v1 import (
+    auth_pb2_grpc,
     exports_pb2_grpc,
     files_pb2,
     files_pb2_grpc,
@@ -40,6 +41,7 @@ class Client:
 
     def __post_init__(self) -> None:
         self.channel = grpc.insecure_channel(self.address)
+        self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.files = files_pb2_grpc.FileServiceStub(self.channel)
         self.jobs = jobs_pb2_grpc.JobServiceStub(self.channel)
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)

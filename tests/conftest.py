@@ -120,6 +120,7 @@ class Org:
     def __post_init__(self) -> None:
         self.client = Client(self.address, self.key)
         md = self.client.metadata
+        self.auth = Authed(self.client.auth, md)
         self.files = Authed(self.client.files, md)
         self.jobs = Authed(self.client.jobs, md)
         self.models = Authed(self.client.models, md)

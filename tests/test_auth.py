@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import secrets
 import stat
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -17,12 +18,12 @@ from conftest import Failure, Job, Org, Server, every_page, fails
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 
-from tunewire.v1 import exports_pb2, files_pb2, files_pb2_grpc, jobs_pb2, models_pb2
+from tunewire.v1 import auth_pb2, exports_pb2, files_pb2, files_pb2_grpc, jobs_pb2, models_pb2
 
 Code = grpc.StatusCode
 SERVICES = [
     service
-    for module in (files_pb2, jobs_pb2, models_pb2, exports_pb2)
+    for module in (auth_pb2, files_pb2, jobs_pb2, models_pb2, exports_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
 ]
 RPCS = [method for service in SERVICES for method in service.methods]
@@ -72,6 +73,7 @@ def bearer(key: str) -> list[tuple[str, str]]:
 
 def test_the_rpc_list_covers_every_public_service() -> None:
     assert {s.full_name for s in SERVICES} == {
+        "tunewire.v1.AuthService",
         "tunewire.v1.FileService",
         "tunewire.v1.JobService",
         "tunewire.v1.ModelService",
@@ -135,6 +137,20 @@ def test_a_revoked_key_is_refused(server: Server) -> None:
     again = server.cli("keys", "revoke", key_id, check=False)
     assert again.returncode == 1 and "not found" in again.stderr
     server.default.files.ListFiles(files_pb2.ListFilesRequest(page_size=1))
+
+
+def test_get_caller_names_the_keys_org_until_it_is_revoked(server: Server) -> None:
+    org = server.new_org("whoami")
+    caller = org.auth.GetCaller(auth_pb2.GetCallerRequest())
+    assert (caller.org, caller.key_prefix) == ("whoami", org.key[:10])
+    assert abs(caller.key_create_time.ToSeconds() - time.time()) < 60
+    assert caller.key_id in server.cli("keys", "list").stdout
+    shown = server.cli("whoami", "--api-key", org.key, "--address", server.address).stdout
+    assert '"org": "whoami"' in shown and caller.key_id in shown
+
+    server.cli("keys", "revoke", caller.key_id)
+    failure = fails(Code.UNAUTHENTICATED, org.auth.GetCaller, auth_pb2.GetCallerRequest())
+    assert "revoked" in failure.message
 
 
 def test_the_first_key_is_saved_privately(server: Server) -> None:

@@ -20,15 +20,17 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from server.app import GRACE_SECONDS
-from tunewire.v1 import exports_pb2, files_pb2, jobs_pb2, models_pb2
+from tunewire.v1 import auth_pb2, exports_pb2, files_pb2, jobs_pb2, models_pb2
 
 Code = grpc.StatusCode
 PUBLIC = [
+    "tunewire.v1.AuthService",
     "tunewire.v1.FileService",
     "tunewire.v1.JobService",
     "tunewire.v1.ModelService",
     "tunewire.v1.ExportService",
 ]
+PUBLIC_MODULES = (auth_pb2, files_pb2, jobs_pb2, models_pb2, exports_pb2)
 UNKNOWN_EXPORT = "export-000000000000000000000000"
 GARBAGE = b"\xff\xff\xff\xffnot protobuf"
 
@@ -88,7 +90,7 @@ def _raw(channel: grpc.Channel, method, payload: bytes, metadata) -> None:
 def _all_methods():
     services = [
         module.DESCRIPTOR.services_by_name[name.rsplit(".", 1)[1]]
-        for module, name in zip((files_pb2, jobs_pb2, models_pb2, exports_pb2), PUBLIC, strict=True)
+        for module, name in zip(PUBLIC_MODULES, PUBLIC, strict=True)
     ]
     services.append(health_pb2.DESCRIPTOR.services_by_name["Health"])
     services.append(reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"])

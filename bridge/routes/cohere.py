@@ -32,7 +32,8 @@ from bridge.backend import (
     struct_dict,
 )
 from bridge.deps import Auth, BackendDep, Int32, SettingsDep
-from bridge.errors import ApiError, Code, route_class
+from bridge.errors import ApiError, Code
+from bridge.routing import route_class
 from bridge.uploads import BINARY, Destination, Form, form_openapi, streamed_form
 from tunewire.v1 import events_pb2, files_pb2, jobs_pb2, models_pb2
 

@@ -19,8 +19,9 @@ from pydantic import BaseModel, ValidationError
 
 from bridge.backend import Backend, Metadata, default_base_model, every_page, moment
 from bridge.deps import Auth, BackendDep, SettingsDep
-from bridge.errors import ApiError, route_class
+from bridge.errors import ApiError
 from bridge.multipart import boundary_of
+from bridge.routing import route_class
 from bridge.settings import BridgeSettings
 from bridge.uploads import BINARY, Destination, Form, form_openapi, streamed_form
 from tunewire.v1 import files_pb2, jobs_pb2, models_pb2

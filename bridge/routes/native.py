@@ -19,7 +19,8 @@ from google.rpc import status_pb2
 
 from bridge import transcode
 from bridge.deps import Auth, BackendDep, SettingsDep
-from bridge.errors import ApiError, native_error, route_class
+from bridge.errors import ApiError, native_error
+from bridge.routing import route_class
 from bridge.streams import (
     EVENT_STREAM,
     NDJSON,
@@ -31,10 +32,11 @@ from bridge.streams import (
 )
 from bridge.transcode import Binding, to_json
 from bridge.uploads import BINARY, form_openapi, upload_file_form
-from tunewire.v1 import exports_pb2, files_pb2, jobs_pb2, models_pb2
+from tunewire.v1 import auth_pb2, exports_pb2, files_pb2, jobs_pb2, models_pb2
 
 PREFIX = "/tunewire"
 PUBLIC_API = (
+    auth_pb2.DESCRIPTOR,
     files_pb2.DESCRIPTOR,
     jobs_pb2.DESCRIPTOR,
     models_pb2.DESCRIPTOR,

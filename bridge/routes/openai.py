@@ -30,7 +30,8 @@ from bridge.backend import (
     unix,
 )
 from bridge.deps import Auth, BackendDep, Int32, Int64, SettingsDep
-from bridge.errors import ApiError, Code, route_class
+from bridge.errors import ApiError, Code
+from bridge.routing import route_class
 from bridge.streams import EVENT_STREAM, HEARTBEAT, STREAM_HEADERS, compact, open_stream, sse
 from bridge.uploads import BINARY, form_openapi, upload_file_form
 from tunewire.v1 import (

@@ -1,0 +1,50 @@
+"""The route class every surface's router uses: the caller's key is checked before
+anything of the request is read, and failures are answered in the surface's envelope."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
+
+from bridge.deps import check_key
+from bridge.errors import ApiError, Code, Envelope, as_api_error
+
+log = logging.getLogger("tunewire.bridge")
+
+
+def route_class(envelope: Envelope, media_type: str = "application/json") -> type[APIRoute]:
+    """An APIRoute that checks the caller's key first and answers its failures in
+    `envelope`, with the mapped HTTP status."""
+
+    class SurfaceRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Any]:
+            handler = super().get_route_handler()
+
+            async def handle(request: Request) -> Response:
+                try:
+                    # Before FastAPI reads the body: a bad key is 401 whatever the body
+                    # holds, and no one without a key gets a body parsed or streamed.
+                    await check_key(request)
+                    return await handler(request)
+                except ClientDisconnect:
+                    # Gone mid-request (an upload cut off): nobody reads an answer.
+                    return Response(status_code=499)
+                except (ApiError, grpc.aio.AioRpcError, RequestValidationError) as error:
+                    failure = as_api_error(error)
+                    if failure.http_status >= 500 and failure.code != Code.UNIMPLEMENTED:
+                        log.warning("%s %s: %s", request.method, request.url.path, failure.message)
+                    return JSONResponse(
+                        envelope(failure), status_code=failure.http_status, media_type=media_type
+                    )
+
+            return handle
+
+    return SurfaceRoute
