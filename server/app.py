@@ -107,6 +107,9 @@ async def serve(settings: Settings) -> None:
 
     log.warning("shutting down", extra={"fields": {"grace_seconds": GRACE_SECONDS}})
     await health_servicer.enter_graceful_shutdown()
+    # Live event streams end now, told where to resume (UNAVAILABLE, which clients
+    # retry), rather than when the grace runs out; unary calls get the grace.
+    plane.events.close()
     # REST first: it is a client of the gRPC server and drains through it.
     rest.cancel()
     with contextlib.suppress(asyncio.CancelledError):

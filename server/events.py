@@ -28,6 +28,8 @@ class EventLog:
         # the same cursor, so a thousand of them cost one query per event. Filled
         # only from committed rows, so a rolled-back append is never served.
         self._reads: dict[str, tuple[tuple[int, int], list[Event]]] = {}
+        self.closing = False
+        """Set when the server stops: live watchers end instead of waiting."""
 
     def append(
         self,
@@ -98,6 +100,13 @@ class EventLog:
         signal = self._signals.get(parent)
         if signal is not None and not signal.is_set():
             del self._signals[parent]
+
+    def close(self) -> None:
+        """Wake every live watcher to end its stream: the server is stopping, and a
+        stream would otherwise hold the shutdown for the whole grace period."""
+        self.closing = True
+        for signal in self._signals.values():
+            signal.set()
 
     def signal(self, parent: str) -> asyncio.Event:
         """The signal set by the next append to `parent`. Take it before reading."""

@@ -105,8 +105,10 @@ def test_sigterm_with_watchers_drains_cleanly_and_watchers_resume_after_restart(
     assert took < GRACE_SECONDS + 5, took
     for watcher in watchers:
         watcher.join()
-        # Told to come back (UNAVAILABLE is what clients retry on), never an error.
-        assert watcher.ended in (Code.OK, Code.UNAVAILABLE), (watcher.ended, watcher.details)
+        # Ended at once with where to resume (UNAVAILABLE is what clients retry on),
+        # not cancelled when the grace ran out.
+        assert watcher.ended == Code.UNAVAILABLE, (watcher.ended, watcher.details)
+        assert "after_sequence=2" in watcher.details, watcher.details
         assert [e.sequence for e in watcher.events] == [1, 2]
 
     # After a restart each watcher resumes from its cursor and misses nothing.

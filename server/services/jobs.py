@@ -9,7 +9,7 @@ import grpc
 
 from server import lifecycle
 from server.control_plane import ControlPlane, authenticated
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, Unavailable
 from server.ids import new_id, now, timestamp
 from server.job_spec import check_create, check_metadata
 from server.lifecycle import FINAL_STATES, Event, Job, state_name
@@ -188,6 +188,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 # events, only a final state event can end it, and none came.
                 if not progressed and lifecycle.load(db, request.job_id).state in FINAL_STATES:
                     return
+                if events.closing:
+                    raise Unavailable(
+                        "the server is stopping: stream again with "
+                        f"after_sequence={cursor} to resume"
+                    )
                 progressed = False
                 await signal.wait()
         finally:
