@@ -337,7 +337,12 @@ def test_native_errors_are_google_rpc_status(rest: Stack) -> None:
         status_of(anonymous.get("/tunewire/v1/jobs"), 16, 401)
     with rest.http(key="tw-not-a-key") as stranger:
         status_of(stranger.get("/tunewire/v1/jobs"), 16, 401)
+        # The key is checked before the body is read: 401, never 400.
+        status_of(stranger.post("/tunewire/v1/jobs", content=b"{not json"), 16, 401)
+        status_of(stranger.get("/tunewire/v1/caller"), 16, 401)
     with rest.http() as http:
+        caller = http.get("/tunewire/v1/caller").json()
+        assert caller["org"] == "default" and caller["key_id"].startswith("key-")
         status_of(http.get("/tunewire/v1/jobs/ftjob-nope"), 5, 404)
         bad = status_of(
             http.post("/tunewire/v1/jobs", json={"base_model": "nope", "training_file": "file-x"}),
