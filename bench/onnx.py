@@ -9,6 +9,11 @@ rate so the merge really changes the weights). Both runtimes use the same thread
 run from an empty cache, producing logits and the cache on both sides. Generation: the
 same greedy loop for both (prefill, then one token at a time feeding the cache back).
 Variants interleaved after a warm-up run each; medians.
+
+Beside them, the float32 latency floor: a graph of the model's Linear layers alone (each a
+MatMul on its own 128-token input, nothing else) in onnxruntime with the same options. No
+float32 graph of the whole model can run faster, so torch eager over it is the most any
+float32 export can reach on this machine.
 """
 
 from __future__ import annotations
@@ -84,8 +89,10 @@ def run(ctx: Context) -> Section:
     gen_prompt = np.array([held_out.sequences[0].input_ids[:32]], dtype=np.int64)
     runs = ctx.scale(20, 3)
 
+    matmuls, matmul_flop = _matmuls_alone(model, PROMPT, ctx.threads)
     variants: dict[str, Any] = {
         "torch latency": lambda: _latency(lambda: _torch_forward(model, prompt), runs),
+        "onnx fp32 matmuls alone": lambda: _latency(matmuls, runs),
         "onnx fp32 latency": lambda: _latency(
             lambda: _onnx_forward(sessions["onnx fp32"], prompt), runs
         ),
@@ -115,7 +122,17 @@ def run(ctx: Context) -> Section:
         )
     }
     return _section(
-        ctx, shape, export, export_seconds, phases, started, samples, agreement, generated, out
+        ctx,
+        shape,
+        export,
+        export_seconds,
+        phases,
+        started,
+        samples,
+        agreement,
+        generated,
+        out,
+        matmul_flop,
     )
 
 
@@ -153,13 +170,44 @@ def _train_adapter(ctx: Context, base: Path) -> Path:
     return result.adapter_dir
 
 
-def _session(path: Path, threads: int) -> Any:
+def _session(model: Path | bytes, threads: int) -> Any:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = str(model) if isinstance(model, Path) else model
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _matmuls_alone(model: Any, length: int, threads: int) -> tuple[Any, int]:
+    """A call running the model's Linear layers alone in onnxruntime, each as a MatMul on its
+    own [1, length, in_features] input (the float32 latency floor; see the docstring), and
+    the floating-point operations of one call."""
+    import numpy as np
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    inputs: dict[int, Any] = {}
+    nodes, weights, outputs = [], [], []
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for i, linear in enumerate(linears):
+        x = f"x{linear.in_features}"
+        inputs.setdefault(
+            linear.in_features,
+            helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, length, linear.in_features]),
+        )
+        weight = linear.weight.detach().float().numpy().T.copy()
+        weights.append(numpy_helper.from_array(weight, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"y{i}"]))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "matmuls", list(inputs.values()), outputs, weights)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    session = _session(proto.SerializeToString(), threads)
+    rng = np.random.default_rng(0)
+    feed = {f"x{n}": rng.standard_normal((1, length, n), dtype=np.float32) for n in inputs}
+    flop = sum(2 * length * linear.in_features * linear.out_features for linear in linears)
+    return (lambda: session.run(None, feed)), flop
 
 
 def _empty_past(session: Any) -> list[Any]:
@@ -286,6 +334,7 @@ def _section(
     agreement: dict[str, dict[str, float]],
     generated: dict[str, list[int]],
     out: Path,
+    matmul_flop: int,
 ) -> Section:
     m = {name: {k: median_of(rows, k) for k in rows[0]} for name, rows in samples.items()}
     torch_ms = m["torch latency"]["ms"]
@@ -301,6 +350,9 @@ def _section(
         "out), median of "
         f"{ctx.scale(20, 3)} runs per sample. Generation: greedy, a 32-token chat prompt + "
         f"{NEW_TOKENS} new tokens, the same loop for both runtimes.",
+        "Floor: the model's Linear layers alone, each a MatMul on its own "
+        f"{PROMPT}-token input, in onnxruntime with the same options (every other op left "
+        "out): no fp32 graph of the model runs faster.",
         "Agreement: every position of held-out chat sequences, ONNX vs torch logits.",
         f"Threads {ctx.threads} for torch and onnxruntime; interleaved, 1 warm-up + "
         f"{len(samples['torch latency'])} repeat(s); medians.",
@@ -318,6 +370,20 @@ def _section(
             higher_is_better=False,
             note=steps,
         ),
+    )
+    floor_ms = m["onnx fp32 matmuls alone"]["ms"]
+    section.add(
+        Figure(
+            f"batch-1 latency, {PROMPT}-token prompt, fp32 Linear MatMuls alone (floor)",
+            floor_ms,
+            torch_ms,
+            "ms",
+            "torch eager",
+            higher_is_better=False,
+            note=f"{torch_ms / floor_ms:.2f}x faster: the most any fp32 graph can reach "
+            f"here ({matmul_flop / floor_ms / 1e6:.0f} GFLOP/s)",
+            spread=spread_of(samples["onnx fp32 matmuls alone"], "ms"),
+        )
     )
     for kind, need in (("fp32", 1.5), ("int8", 2.0)):
         name = f"onnx {kind}"
@@ -380,7 +446,8 @@ def _section(
     int8 = torch_ms / m["onnx int8 latency"]["ms"]
     section.summary = (
         f"Export {export_seconds:.0f} s. Batch-1 {PROMPT}-token latency: fp32 {fp32:.2f}x, "
-        f"int8 {int8:.2f}x torch eager (goals 1.5x, 2x); greedy generation fp32 "
+        f"int8 {int8:.2f}x torch eager (goals 1.5x, 2x; fp32 Linear MatMuls alone: "
+        f"{torch_ms / floor_ms:.2f}x); greedy generation fp32 "
         f"{m['onnx fp32 generate']['tokens_per_s'] / torch_tps:.2f}x, int8 "
         f"{m['onnx int8 generate']['tokens_per_s'] / torch_tps:.2f}x; top-1 agreement "
         f"{agreement['onnx fp32']['top1']:.1%} (fp32), {agreement['onnx int8']['top1']:.1%} "

@@ -224,6 +224,16 @@ def test_onnx_over_tolerance_is_refused(exported: tuple[OnnxExport, list[str]], 
     assert error.value.code == "onnx_tolerance_exceeded"
 
 
+def test_export_leaves_the_models_attention_as_it_was(tiny: Path, run: Path, tmp_path: Path):
+    model, tokenizer = load_merged(tiny, run / "adapter", torch.float32)
+    assert model.config._attn_implementation == "sdpa"
+    onnx_export.export_onnx(model, tokenizer, tmp_path / "export")
+    assert model.config._attn_implementation == "sdpa"
+    assert all(
+        layer.self_attn.config._attn_implementation == "sdpa" for layer in model.model.layers
+    )
+
+
 def test_int8_difference_is_reproducible(
     exported: tuple[OnnxExport, list[str]], tiny: Path, run: Path
 ) -> None:
