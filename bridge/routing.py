@@ -1,5 +1,5 @@
-"""The route class every surface's router uses: the caller's key is checked before
-anything of the request is read, and failures are answered in the surface's envelope."""
+"""The route class every surface's router uses: a bad key is 401 whatever else is wrong
+with the request, and failures are answered in the surface's envelope."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from bridge.deps import check_key
 from bridge.errors import ApiError, Code, Envelope, as_api_error
 
 log = logging.getLogger("tunewire.bridge")
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def route_class(envelope: Envelope, media_type: str = "application/json") -> type[APIRoute]:
-    """An APIRoute that checks the caller's key first and answers its failures in
-    `envelope`, with the mapped HTTP status."""
+    """An APIRoute that checks the caller's key before any other check of the request
+    and answers its failures in `envelope`, with the mapped HTTP status."""
 
     class SurfaceRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Any]:
@@ -30,10 +31,17 @@ def route_class(envelope: Envelope, media_type: str = "application/json") -> typ
 
             async def handle(request: Request) -> Response:
                 try:
-                    # Before FastAPI reads the body: a bad key is 401 whatever the body
-                    # holds, and no one without a key gets a body parsed or streamed.
-                    await check_key(request)
-                    return await handler(request)
+                    if request.method in BODY_METHODS:
+                        # Before FastAPI reads the body: a bad key is 401 whatever the
+                        # body holds, and nobody without a key gets one parsed or streamed.
+                        await check_key(request)
+                    try:
+                        return await handler(request)
+                    except (ApiError, RequestValidationError):
+                        # A request refused before its RPC ran (a bad query or path): the
+                        # key outranks it. Only here, so a GET's success costs no extra call.
+                        await check_key(request)
+                        raise
                 except ClientDisconnect:
                     # Gone mid-request (an upload cut off): nobody reads an answer.
                     return Response(status_code=499)

@@ -337,8 +337,11 @@ def test_native_errors_are_google_rpc_status(rest: Stack) -> None:
         status_of(anonymous.get("/tunewire/v1/jobs"), 16, 401)
     with rest.http(key="tw-not-a-key") as stranger:
         status_of(stranger.get("/tunewire/v1/jobs"), 16, 401)
-        # The key is checked before the body is read: 401, never 400.
+        # The key is checked before the body is read: 401, never 400; a bad query too.
         status_of(stranger.post("/tunewire/v1/jobs", content=b"{not json"), 16, 401)
+        status_of(stranger.get("/tunewire/v1/jobs", params={"page_size": "many"}), 16, 401)
+        openai = stranger.get("/v1/fine_tuning/jobs", params={"limit": "many"})
+        assert openai.status_code == 401 and openai.json()["error"]["code"] == "invalid_api_key"
         status_of(stranger.get("/tunewire/v1/caller"), 16, 401)
     with rest.http() as http:
         caller = http.get("/tunewire/v1/caller").json()
