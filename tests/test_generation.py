@@ -130,6 +130,31 @@ def test_idle_adapters_are_unloaded_past_the_limit_and_busy_ones_are_not(
     assert generator.base_loads == 1
 
 
+def test_a_deleted_models_adapter_is_unloaded_once_no_request_uses_it(
+    tiny: Path, adapters: dict[str, Path]
+) -> None:
+    generator = Generator()
+    loaded = generator.base(tiny)
+    busy = generator.generate(tiny, adapters["a"], question(0), GREEDY)
+    first = next(busy).text
+    assert (
+        text(list(generator.generate(tiny, adapters["b"], question(0), GREEDY)))
+        == (ANSWERS["b"][0])
+    )
+    generator.unload(adapters["a"])
+    generator.unload(adapters["b"])
+    # b is gone at once; a finishes its answer first.
+    assert list(loaded.adapters) == [adapter_name(adapters["a"])]
+    assert first + text(list(busy)) == ANSWERS["a"][0]
+    assert not loaded.adapters and not loaded.peft.peft_config
+    # Loading again after everything was unloaded works, and the base is untouched.
+    assert (
+        text(list(generator.generate(tiny, adapters["b"], question(1), GREEDY)))
+        == (ANSWERS["b"][1])
+    )
+    assert generator.base_loads == 1
+
+
 def test_text_streams_in_pieces_and_max_tokens_ends_with_length(
     generator: Generator, tiny: Path
 ) -> None:

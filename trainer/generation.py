@@ -6,7 +6,8 @@ the adapter of the request it serves (`set_adapter`), or none for the base itsel
 (`disable_adapter_layers`). Each request keeps its own KV cache, so requests for different
 fine-tuned models of one base interleave token by token over a single copy of the base
 weights; a lock per base makes switch-then-forward atomic. Adapters not used lately are
-unloaded once more than `max_adapters` are loaded (never one a request is using).
+unloaded once more than `max_adapters` are loaded (never one a request is using), and an
+adapter whose model was deleted is unloaded as soon as no request uses it (`unload`).
 
 An ONNX export (see `trainer.onnx_export`) runs through onnxruntime instead, with the same
 prompt rendering, sampling, stop handling and streaming.
@@ -109,6 +110,8 @@ class LoadedBase:
     active: str | None = ""
     """The adapter the model's layers apply; None: adapters disabled (the base itself);
     "" (no adapter's name): not known, after adapters were (un)loaded."""
+    doomed: set[str] = field(default_factory=set)
+    """Adapters to unload once idle: their models were deleted."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     """Held for each adapter switch + forward pass, and while adapters are (un)loaded."""
 
@@ -123,6 +126,20 @@ class LoadedBase:
             self.peft.base_model.enable_adapter_layers()
             self.peft.set_adapter(adapter, inference_mode=True)
         self.active = adapter
+
+    def unload_idle(self, keep: int) -> None:
+        """Unload the idle adapters that are doomed, then the least recently used idle ones
+        past `keep` loaded; call under `lock`."""
+        idle = [name for name, users in self.adapters.items() if users == 0]
+        doomed = [name for name in idle if name in self.doomed]
+        others = [name for name in idle if name not in self.doomed]
+        excess = max(0, len(self.adapters) - len(doomed) - keep)
+        for name in doomed + others[:excess]:
+            assert self.peft is not None  # adapters are loaded into it
+            self.peft.delete_adapter(name)
+            del self.adapters[name]
+            self.doomed.discard(name)
+            self.active = ""
 
 
 @dataclass
@@ -195,6 +212,19 @@ class Generator:
             if name is not None:
                 with loaded.lock:
                     loaded.adapters[name] -= 1
+                    loaded.unload_idle(self.max_adapters)
+
+    def unload(self, adapter: str | Path) -> None:
+        """Unload `adapter` from every base it is loaded into (its model was deleted): at
+        once where no request uses it, else when its last request ends."""
+        name = adapter_name(Path(adapter))
+        with self._lock:
+            bases = list(self._bases.values())
+        for loaded in bases:
+            with loaded.lock:
+                if name in loaded.adapters:
+                    loaded.doomed.add(name)
+                    loaded.unload_idle(self.max_adapters)
 
     def _acquire(self, loaded: LoadedBase, adapter: Path) -> str:
         """Load the adapter into `loaded` unless it is there; mark it in use; unload the least
@@ -210,11 +240,7 @@ class Generator:
                 loaded.active = ""
             loaded.adapters[name] += 1
             loaded.adapters.move_to_end(name)
-            idle = [other for other, users in loaded.adapters.items() if users == 0]
-            for other in idle[: max(0, len(loaded.adapters) - self.max_adapters)]:
-                loaded.peft.delete_adapter(other)
-                del loaded.adapters[other]
-                loaded.active = ""
+            loaded.unload_idle(self.max_adapters)
         return name
 
     def generate_onnx(

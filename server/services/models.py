@@ -166,6 +166,9 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             db.execute("DELETE FROM models WHERE id = ?", [request.model_id])
         # Only what the model store holds; never a path outside the blob root.
         stored = Path(adapter).resolve()
+        if self._generator is not None:
+            # Off the loop: unloading waits for the base's lock (a forward pass).
+            await asyncio.to_thread(self._generator.unload, stored)
         if stored.is_relative_to(self.plane.blobs.root.resolve() / "models"):
             shutil.rmtree(stored, ignore_errors=True)
         return empty_pb2.Empty()
