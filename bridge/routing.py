@@ -30,8 +30,9 @@ def route_class(envelope: Envelope, media_type: str = "application/json") -> typ
             handler = super().get_route_handler()
 
             async def handle(request: Request) -> Response:
+                checked = request.method in BODY_METHODS
                 try:
-                    if request.method in BODY_METHODS:
+                    if checked:
                         # Before FastAPI reads the body: a bad key is 401 whatever the
                         # body holds, and nobody without a key gets one parsed or streamed.
                         await check_key(request)
@@ -40,7 +41,8 @@ def route_class(envelope: Envelope, media_type: str = "application/json") -> typ
                     except (ApiError, RequestValidationError):
                         # A request refused before its RPC ran (a bad query or path): the
                         # key outranks it. Only here, so a GET's success costs no extra call.
-                        await check_key(request)
+                        if not checked:
+                            await check_key(request)
                         raise
                 except ClientDisconnect:
                     # Gone mid-request (an upload cut off): nobody reads an answer.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_utils
@@ -68,9 +69,18 @@ def ensure_first_key(db: sqlite_utils.Database, path: Path) -> str | None:
     return key
 
 
-def caller(db: sqlite_utils.Database, authorization: str | None) -> dict:
-    """The live key of a `Bearer <key>` header value (id, org, prefix, created_at);
-    UNAUTHENTICATED otherwise."""
+@dataclass(frozen=True)
+class ApiKey:
+    """A live key, as a call presents it (never the key itself)."""
+
+    id: str
+    org: str
+    prefix: str
+    created_at: float
+
+
+def caller(db: sqlite_utils.Database, authorization: str | None) -> ApiKey:
+    """The live key of a `Bearer <key>` header value; UNAUTHENTICATED otherwise."""
     if not authorization:
         raise Unauthenticated("missing authorization metadata: send 'Bearer <api key>'")
     scheme, _, key = authorization.partition(" ")
@@ -82,9 +92,4 @@ def caller(db: sqlite_utils.Database, authorization: str | None) -> dict:
     ).fetchone()
     if row is None:
         raise Unauthenticated("invalid or revoked API key")
-    return dict(zip(("id", "org", "prefix", "created_at"), row, strict=True))
-
-
-def org_for(db: sqlite_utils.Database, authorization: str | None) -> str:
-    """The org of a `Bearer <key>` header value; UNAUTHENTICATED otherwise."""
-    return caller(db, authorization)["org"]
+    return ApiKey(*row)

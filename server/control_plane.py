@@ -11,7 +11,7 @@ import sqlite_utils
 from server import auth
 from server.config import Settings
 from server.events import EventLog
-from server.rpc import rpc
+from server.rpc import caller, rpc
 from server.store import records
 from server.store.blobs import BlobStore
 from server.store.db import connect
@@ -54,5 +54,15 @@ class ControlPlane:
         )
 
 
-# Public handlers: the caller's org comes from its API key.
-authenticated = rpc(lambda servicer, header: auth.org_for(servicer.plane.db, header))
+# Public handlers: the caller is its API key, looked up once per call.
+authenticated = rpc(lambda servicer, header: auth.caller(servicer.plane.db, header))
+
+
+def caller_key() -> auth.ApiKey:
+    """The API key of the call an `authenticated` handler serves."""
+    return caller()
+
+
+def caller_org() -> str:
+    """The organization every object of the call is scoped to."""
+    return caller_key().org

@@ -1,6 +1,6 @@
 """The wrapper every public handler goes through: authenticate, run, map errors.
 
-Handlers read the caller's organization with `caller_org()`; domain errors
+Handlers read what authentication found with `caller()`; domain errors
 become statuses with details (server.errors); anything unexpected is logged
 with its traceback and answered INTERNAL with a reference, never UNKNOWN.
 `RejectMalformedRequests` covers what happens before a handler runs: a request
@@ -23,11 +23,12 @@ from server.errors import TunewireError, to_status
 
 log = logging.getLogger("tunewire.rpc")
 
-_org: contextvars.ContextVar[str] = contextvars.ContextVar("org")
+_caller: contextvars.ContextVar[Any] = contextvars.ContextVar("caller")
 
 
-def caller_org() -> str:
-    return _org.get()
+def caller() -> Any:
+    """What the handler's `authenticate` returned for this call."""
+    return _caller.get()
 
 
 def bearer(context: grpc.aio.ServicerContext) -> str | None:
@@ -49,7 +50,7 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
 def rpc(authenticate: Callable[[Any, str | None], str]) -> Callable:
     """Decorate servicer methods (unary, client-streaming or server-streaming).
 
-    `authenticate(servicer, authorization)` returns the caller's org or raises.
+    `authenticate(servicer, authorization)` returns the caller (see `caller()`) or raises.
     """
 
     def decorate(method: Callable) -> Callable:
@@ -59,7 +60,7 @@ def rpc(authenticate: Callable[[Any, str | None], str]) -> Callable:
             @functools.wraps(method)
             async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext):
                 try:
-                    _org.set(authenticate(self, bearer(context)))
+                    _caller.set(authenticate(self, bearer(context)))
                     async for reply in method(self, request, context):
                         yield reply
                 except grpc.aio.AbortError:
@@ -72,7 +73,7 @@ def rpc(authenticate: Callable[[Any, str | None], str]) -> Callable:
         @functools.wraps(method)
         async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext):
             try:
-                _org.set(authenticate(self, bearer(context)))
+                _caller.set(authenticate(self, bearer(context)))
                 return await method(self, request, context)
             except grpc.aio.AbortError:
                 raise

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import grpc
 
-from server import auth
-from server.control_plane import ControlPlane, authenticated
+from server.control_plane import ControlPlane, authenticated, caller_key
 from server.ids import timestamp
-from server.rpc import bearer
 from tunewire.v1 import auth_pb2, auth_pb2_grpc
 
 
@@ -20,10 +18,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def GetCaller(
         self, request: auth_pb2.GetCallerRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.Caller:
-        key = auth.caller(self.plane.db, bearer(context))
+        key = caller_key()
         return auth_pb2.Caller(
-            org=key["org"],
-            key_id=key["id"],
-            key_prefix=key["prefix"],
-            key_create_time=timestamp(key["created_at"]),
+            org=key.org,
+            key_id=key.id,
+            key_prefix=key.prefix,
+            key_create_time=timestamp(key.created_at),
         )

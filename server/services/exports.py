@@ -25,10 +25,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from server.control_plane import ControlPlane, authenticated
+from server.control_plane import ControlPlane, authenticated, caller_org
 from server.errors import FailedPrecondition, InvalidArgument, NotFound
 from server.ids import new_id, now, timestamp
-from server.rpc import caller_org
 from server.services.worker import artifacts
 from server.store import pages, records
 from server.store.blobs import read_chunks

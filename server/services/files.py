@@ -9,11 +9,10 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf import empty_pb2
 
-from server.control_plane import ControlPlane, authenticated
+from server.control_plane import ControlPlane, authenticated, caller_org
 from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from server.ids import new_id, now, timestamp
 from server.lifecycle import FINAL_STATES_SQL
-from server.rpc import caller_org
 from server.store import pages, records
 from server.store.blobs import read_chunks
 from server.store.db import write

@@ -8,12 +8,11 @@ from collections import Counter
 import grpc
 
 from server import lifecycle
-from server.control_plane import ControlPlane, authenticated
+from server.control_plane import ControlPlane, authenticated, caller_org
 from server.errors import InvalidArgument, Unavailable
 from server.ids import new_id, now, timestamp
 from server.job_spec import check_create, check_metadata
 from server.lifecycle import FINAL_STATES, Event, Job, state_name
-from server.rpc import caller_org
 from server.store import pages
 from server.store.db import write
 from tunewire.v1 import checkpoints_pb2, jobs_pb2, jobs_pb2_grpc, worker_pb2

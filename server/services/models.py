@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import empty_pb2
 
-from server.control_plane import ControlPlane, authenticated
+from server.control_plane import ControlPlane, authenticated, caller_org
 from server.errors import FailedPrecondition, InvalidArgument, NotFound
-from server.rpc import caller_org
 from server.store import pages, records
 from server.store.db import write
 from tunewire.v1 import exports_pb2, models_pb2, models_pb2_grpc
