@@ -367,6 +367,25 @@ def models_dir(tiny_build: TinyBuild) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny(models_dir: Path) -> Path:
+    """tiny-llama's model dir, for tests that run the trainer in this process."""
+    return models_dir / "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """In-process torch work on tiny-llama: its matrices are too small to split across
+    threads, and on a busy machine the threads mostly wait for each other (ten times
+    slower on a loaded 2-core box)."""
+    import torch  # only the modules that ask for it pay the import
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_build: TinyBuild) -> Iterator[Server]:
     """One server for the session, with the default org's key and a second org's."""
     root = tmp_path_factory.mktemp("server")

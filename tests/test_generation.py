@@ -3,11 +3,9 @@ loaded base, sampling controls, stop sequences and streaming."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from memorization import ANSWERS, QUESTIONS, memorized, question
 
 from trainer import models
@@ -23,19 +21,7 @@ from trainer.generation import (
 GREEDY = SamplingParams(temperature=0, max_tokens=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """tiny-llama's matrices are too small to split across threads: on a busy machine the
-    threads mostly wait for each other (ten times slower on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny(models_dir: Path) -> Path:
-    return models_dir / "tiny-llama"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")

@@ -25,11 +25,6 @@ ASSETS = resources.files("trainer") / "assets"
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return models.init_tiny(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="session")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("data")
     lines = (ASSETS / "sample-chat.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
