@@ -5,7 +5,8 @@ Each benchmark runs in a process of its own (a crash or a leak in one never skew
 next) and leaves `NAME.json`; RESULTS.md is rendered from every JSON there, so running one
 benchmark refreshes its section and keeps the others. Full runs write `bench/results/` and
 `bench/RESULTS.md`; `--quick` writes `bench/.quick/` (seconds per benchmark, for CI: the
-figures only prove the code still runs).
+figures only prove the code still runs). The exit status is 1 when a benchmark fails to
+run, never because of a figure.
 """
 
 from __future__ import annotations
@@ -106,11 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(lambda name: _spawn(name, options, out), names))
     results_md = out / "RESULTS.md" if options.quick else BENCH / "RESULTS.md"
-    results_md.write_text(
-        report.render(report.load_sections(out, BENCHMARKS), _command(options, []))
-    )
+    sections = report.load_sections(out, BENCHMARKS)
+    results_md.write_text(report.render(sections, _command(options, [])))
     print(f"wrote {results_md.relative_to(REPO)} ({time.monotonic() - started:.0f} s)", flush=True)
-    return 0
+    # A figure never fails the run; a benchmark that no longer runs does (that is
+    # what `make bench-quick` in CI is for).
+    broken = [s.name for s in sections if s.name in names and s.status == "error"]
+    if broken:
+        print(f"error: benchmark(s) failed to run: {', '.join(broken)}", file=sys.stderr)
+    return 1 if broken else 0
 
 
 def _flags(options: argparse.Namespace) -> list[str]:

@@ -42,10 +42,6 @@ def run(ctx: Context) -> Section:
     from contextlib import ExitStack
 
     say = log(NAME)
-    try:
-        from bridge.main import create_app, serve  # noqa: F401 - the contract we rely on
-    except Exception as error:  # noqa: BLE001 - reported as "not yet"
-        return _not_yet(f"bridge.main is not usable yet ({type(error).__name__}: {error})")
     from server.client import Client
     from tunewire.v1 import files_pb2, jobs_pb2
 
@@ -56,12 +52,9 @@ def run(ctx: Context) -> Section:
                 ctx.work / "home", models_dir, ctx.threads, max_running_jobs=ctx.scale("1", "0")
             )
         )
-        try:
-            url, _pid = stack.enter_context(
-                bridge_up(server.address, ctx.work / "bridge.log", ctx.threads)
-            )
-        except Exception as error:  # noqa: BLE001 - reported as "not yet"
-            return _not_yet(f"python -m bridge did not start ({error})"[:400])
+        url, _pid = stack.enter_context(
+            bridge_up(server.address, ctx.work / "bridge.log", ctx.threads)
+        )
         client = Client(server.address, server.key)
         stack.callback(client.close)
         path = ctx.work / "sample-chat.jsonl"
@@ -105,16 +98,6 @@ def run(ctx: Context) -> Section:
         }
         samples = interleaved(variants, ctx.repeats, warmup=ctx.scale(1, 0), log=say)
     return _section(ctx, samples, calls, seconds)
-
-
-def _not_yet(reason: str) -> Section:
-    section = Section(name=NAME, title=TITLE, status="not yet", summary=reason)
-    section.add(
-        Figure("GetJob added latency p50 / p99 (REST - gRPC)", None, note="not yet"),
-        Figure("GetJob requests/s over REST vs gRPC", None, note="not yet"),
-        Figure("NDJSON / SSE events/s vs the gRPC stream", None, note="not yet"),
-    )
-    return section
 
 
 def _grpc_latency(server: Server, job_id: str, calls: int) -> dict[str, float]:

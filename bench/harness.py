@@ -82,7 +82,7 @@ class Section:
     name: str
     title: str
     status: str = "ok"
-    """ok, "not yet" (a dependency is not usable yet) or error."""
+    """ok or error (the benchmark raised, died or ran past its time)."""
     summary: str = ""
     """One or two sentences: the headline and whether the goal is met."""
     method: list[str] = field(default_factory=list)

@@ -42,15 +42,12 @@ NEW_TOKENS = 64
 
 def run(ctx: Context) -> Section:
     say = log(NAME)
-    try:
-        from trainer.onnx_export import INT8_FILE, ONNX_FILE, export_adapter
-    except Exception as error:  # noqa: BLE001 - reported as "not yet"
-        return _not_yet(f"trainer.onnx_export is not usable yet ({type(error).__name__}: {error})")
     import numpy as np
     import torch
 
     from trainer import data
     from trainer.merge import load_merged
+    from trainer.onnx_export import INT8_FILE, ONNX_FILE, export_adapter
 
     set_threads(ctx.threads)
     shape = ctx.scale(workload.BENCH_MODEL, workload.QUICK_MODEL)
@@ -62,16 +59,13 @@ def run(ctx: Context) -> Section:
     shutil.rmtree(out, ignore_errors=True)
     phases: list[tuple[float, str]] = []
     started = time.perf_counter()
-    try:
-        export = export_adapter(
-            base,
-            adapter,
-            out,
-            quantize_int8=True,
-            on_event=lambda message, _data: phases.append((time.perf_counter(), message)),
-        )
-    except Exception as error:  # noqa: BLE001 - reported as "not yet"
-        return _not_yet(f"export_adapter failed: {type(error).__name__}: {error}"[:500])
+    export = export_adapter(
+        base,
+        adapter,
+        out,
+        quantize_int8=True,
+        on_event=lambda message, _data: phases.append((time.perf_counter(), message)),
+    )
     export_seconds = time.perf_counter() - started
     say(f"exported in {export_seconds:.1f} s")
     set_threads(ctx.threads)  # the export may have changed it
@@ -134,16 +128,6 @@ def run(ctx: Context) -> Section:
         out,
         matmul_flop,
     )
-
-
-def _not_yet(reason: str) -> Section:
-    section = Section(name=NAME, title=TITLE, status="not yet", summary=reason)
-    section.add(
-        Figure("export time", None, note="not yet"),
-        Figure("batch-1 latency, fp32 / int8 vs torch", None, note="not yet"),
-        Figure("greedy tokens/s, fp32 / int8 vs torch", None, note="not yet"),
-    )
-    return section
 
 
 def _train_adapter(ctx: Context, base: Path) -> Path:

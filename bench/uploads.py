@@ -53,25 +53,17 @@ def run(ctx: Context) -> Section:
                 max_upload_bytes=str(4 * size),
             )
         )
-        bridge_url, bridge_pid, bridge_error = None, 0, ""
-        try:
-            import bridge.main  # noqa: F401
-
-            bridge_url, bridge_pid = stack.enter_context(
-                bridge_up(server.address, ctx.work / "bridge.log", ctx.threads)
-            )
-        except Exception as error:  # noqa: BLE001 - reported as "not yet"
-            bridge_error = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-            say(f"bridge not usable: {bridge_error}")
+        bridge_url, bridge_pid = stack.enter_context(
+            bridge_up(server.address, ctx.work / "bridge.log", ctx.threads)
+        )
         _read_through(source)
         variants = {
             "grpc": lambda: _grpc_upload(server, source),
             "copy": lambda: _copy(source, ctx.work / "copy.jsonl"),
+            "bridge": lambda: _bridge_upload(server, bridge_url, bridge_pid, source),
         }
-        if bridge_url:
-            variants["bridge"] = lambda: _bridge_upload(server, bridge_url, bridge_pid, source)
         samples = interleaved(variants, ctx.repeats, warmup=0, log=say)
-    return _section(ctx, size, samples, bridge_error)
+    return _section(ctx, size, samples)
 
 
 def _read_through(path: Path) -> None:
@@ -155,7 +147,7 @@ def _copy(source: Path, target: Path) -> dict[str, float]:
     return {"mb_per_s": size / MB / seconds, "seconds": seconds}
 
 
-def _section(ctx: Context, size: int, samples: dict[str, list], bridge_error: str) -> Section:
+def _section(ctx: Context, size: int, samples: dict[str, list]) -> Section:
     grpc_rate = median_of(samples["grpc"], "mb_per_s")
     copy_rate = median_of(samples["copy"], "mb_per_s")
     growth = max(s["server_rss_growth_mib"] for s in samples["grpc"])
@@ -191,51 +183,39 @@ def _section(ctx: Context, size: int, samples: dict[str, list], bridge_error: st
             met=growth < 64,
         ),
     )
-    if "bridge" in samples:
-        bridge = samples["bridge"]
-        section.add(
-            Figure(
-                "bridge multipart upload throughput",
-                median_of(bridge, "mb_per_s"),
-                copy_rate,
-                "MB/s",
-                "shutil.copyfile + fsync, same disk",
-                spread=spread_of(bridge, "mb_per_s"),
-            ),
-            Figure(
-                "bridge multipart upload throughput",
-                median_of(bridge, "mb_per_s"),
-                grpc_rate,
-                "MB/s",
-                "the same upload over gRPC",
-            ),
-            Figure(
-                "bridge peak RSS growth during an upload",
-                max(s["bridge_rss_growth_mib"] for s in bridge),
-                size / 2**20,
-                "MiB",
-                "the file's size",
-                higher_is_better=False,
-                goal="bounded (< 64 MiB)",
-                met=max(s["bridge_rss_growth_mib"] for s in bridge) < 64,
-            ),
-        )
-        bridge_text = f"; bridge multipart {median_of(bridge, 'mb_per_s'):.0f} MB/s"
-    else:
-        section.add(
-            Figure(
-                "bridge multipart upload throughput",
-                None,
-                copy_rate,
-                "MB/s",
-                "shutil.copyfile + fsync",
-                note=f"not yet: {bridge_error}",
-            )
-        )
-        bridge_text = "; bridge multipart: not yet"
+    bridge = samples["bridge"]
+    bridge_rate = median_of(bridge, "mb_per_s")
+    bridge_growth = max(s["bridge_rss_growth_mib"] for s in bridge)
+    section.add(
+        Figure(
+            "bridge multipart upload throughput",
+            bridge_rate,
+            copy_rate,
+            "MB/s",
+            "shutil.copyfile + fsync, same disk",
+            spread=spread_of(bridge, "mb_per_s"),
+        ),
+        Figure(
+            "bridge multipart upload throughput",
+            bridge_rate,
+            grpc_rate,
+            "MB/s",
+            "the same upload over gRPC",
+        ),
+        Figure(
+            "bridge peak RSS growth during an upload",
+            bridge_growth,
+            size / 2**20,
+            "MiB",
+            "the file's size",
+            higher_is_better=False,
+            goal="bounded (< 64 MiB)",
+            met=bridge_growth < 64,
+        ),
+    )
     section.summary = (
         f"gRPC upload {grpc_rate:.0f} MB/s vs {copy_rate:.0f} MB/s for a file copy "
         f"({grpc_rate / copy_rate:.2f}x), server RSS +{growth:.0f} MiB for a "
-        f"{size / MB:,.0f} MB file{bridge_text}."
+        f"{size / MB:,.0f} MB file; bridge multipart {bridge_rate:.0f} MB/s."
     )
     return section
