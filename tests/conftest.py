@@ -238,7 +238,7 @@ def launch(home: Path, models_dir: Path | None, logs: Path, **extra_env: str) ->
             raise RuntimeError(f"tunewire up was not ready in {START_TIMEOUT}s")
         time.sleep(0.05)
     key = FIRST_KEY.search(stdout_path.read_text())
-    return Server(
+    srv = Server(
         home=home,
         models_dir=models_dir,
         process=process,
@@ -247,6 +247,9 @@ def launch(home: Path, models_dir: Path | None, logs: Path, **extra_env: str) ->
         stderr_path=stderr_path,
         first_key=key.group(1) if key else None,
     )
+    if srv.first_key:
+        srv.default = srv.org(srv.first_key, "default")
+    return srv
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -391,8 +394,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_build: TinyBuild) -> I
     root = tmp_path_factory.mktemp("server")
     srv = launch(root / "home", tiny_build.path, root / "logs")
     try:
-        assert srv.first_key, srv.stdout
-        srv.default = srv.org(srv.first_key, "default")
+        assert srv.default, srv.stdout
         # The server imports torch on its first model lookup: let it do so while
         # tiny-llama builds.
         warm = threading.Thread(
@@ -419,8 +421,6 @@ def start_server(tmp_path: Path, models_dir: Path) -> Iterator[Callable[..., Ser
     def start(home: Path | None = None, **env: str) -> Server:
         n = len(started)
         srv = launch(home or tmp_path / f"home{n}", models_dir, tmp_path / f"logs{n}", **env)
-        if srv.first_key:
-            srv.default = srv.org(srv.first_key, "default")
         started.append(srv)
         return srv
 

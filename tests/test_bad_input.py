@@ -393,7 +393,6 @@ def hostile(
         TUNEWIRE_MAX_ATTEMPTS="1",
         TUNEWIRE_HEARTBEAT_SECONDS="0.5",
     )
-    srv.default = srv.org(srv.first_key, "default")
     try:
         yield srv, models, sentinel
     finally:

@@ -30,7 +30,7 @@ def bridge(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     root = tmp_path_factory.mktemp("schemathesis")
     srv: Server = launch(root / "home", models_dir, root / "logs")
     try:
-        org = srv.org(srv.first_key, "default")
+        org = srv.default
         org.upload(chat_lines(12, "fuzz"))  # something for the lists to show
         deadline = time.monotonic() + 30
         while not (ready := REST_READY.search(srv.stdout)):

@@ -271,7 +271,6 @@ def trainers(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iter
         TUNEWIRE_LEASE_SECONDS=str(LEASE_SECONDS),
         TUNEWIRE_MAX_ATTEMPTS="50",
     )
-    srv.default = srv.org(srv.first_key, "default")
     try:
         yield srv
     finally:

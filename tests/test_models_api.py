@@ -42,7 +42,6 @@ def service(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Itera
         TUNEWIRE_MAX_RUNNING_JOBS="1",
         OMP_NUM_THREADS="1",
     )
-    srv.default = srv.org(srv.first_key, "default")
     srv.other = srv.new_org("other")
     try:
         yield srv

@@ -257,7 +257,6 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[World]:
     root = tmp_path_factory.mktemp("tenancy")
     srv = launch(root / "home", models_dir, root / "logs", TUNEWIRE_MAX_RUNNING_JOBS="1")
-    srv.default = srv.org(srv.first_key, "default")
     try:
         yield World(srv)
     finally:

@@ -31,7 +31,6 @@ def trainer(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Itera
         TUNEWIRE_HEARTBEAT_SECONDS="0.5",
         TUNEWIRE_LEASE_SECONDS="10",
     )
-    srv.default = srv.org(srv.first_key, "default")
     try:
         yield srv
     finally:
