@@ -3,6 +3,7 @@ loaded base, sampling controls, stop sequences and streaming."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,14 @@ def test_a_deleted_models_adapter_is_unloaded_once_no_request_uses_it(
         == (ANSWERS["b"][1])
     )
     assert generator.base_loads == 1
+
+
+def test_loading_an_adapter_warns_nothing(tiny: Path, adapters: dict[str, Path]) -> None:
+    """The server's log stays quiet: no library deprecation chatter on a model's first use."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        said = text(list(Generator().generate(tiny, adapters["a"], question(0), GREEDY)))
+    assert said == ANSWERS["a"][0]
 
 
 def test_text_streams_in_pieces_and_max_tokens_ends_with_length(

@@ -7,6 +7,10 @@ name suffixes, which is how peft matches `target_modules`.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from peft import LoraConfig, TaskType
 
 _LLAMA_LIKE = {
@@ -76,3 +80,13 @@ def lora_config(
         target_modules=target_modules(model_type, preset),
         bias="none",
     )
+
+
+@contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Wrap models with peft without its one known warning: peft 0.21 probes transformers'
+    deprecated `is_gradient_checkpointing` (a FutureWarning not ours to fix, which a
+    server's quiet log must not show)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        yield

@@ -28,6 +28,7 @@ from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as transformers_logging
 
 from trainer import models
+from trainer.lora import peft_quietly
 
 EventCallback = Callable[[str, dict[str, Any]], None]
 """(message, data): progress a user should read."""
@@ -59,7 +60,8 @@ def attach_adapter(
     adapter = Path(adapter)
     if not (adapter / "adapter_config.json").is_file():
         raise ExportError("adapter_missing", f"no adapter in {adapter.name!r}")
-    return PeftModel.from_pretrained(model, adapter, adapter_name=name).eval()
+    with peft_quietly():
+        return PeftModel.from_pretrained(model, adapter, adapter_name=name).eval()
 
 
 def load_merged(

@@ -17,7 +17,6 @@ import math
 import os
 import random
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -240,9 +239,7 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
         )
 
     model = models.load_causal_lm(args.base_model, torch.bfloat16 if bf16 else torch.float32)
-    with warnings.catch_warnings():
-        # peft 0.21 probes transformers' deprecated `is_gradient_checkpointing`.
-        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+    with lora.peft_quietly():
         model = get_peft_model(
             model,
             lora.lora_config(
