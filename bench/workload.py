@@ -9,8 +9,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -71,42 +69,12 @@ def bench_model(shape: ModelShape = BENCH_MODEL) -> Path:
     target = root / shape.key
     if (target / "config.json").is_file():
         return target  # without importing torch
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    from trainer.models import load_tokenizer
+    from trainer.models import load_tokenizer, write_llama
 
     tokenizer = load_tokenizer(tiny_llama())
     tokenizer.model_max_length = shape.max_position_embeddings
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_hidden_layers,
-        num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_key_value_heads,
-        max_position_embeddings=shape.max_position_embeddings,
-        initializer_range=shape.initializer_range,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=_mkdir(root)))
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(shape.seed)
-            model = LlamaForCausalLM(config)
-        model.generation_config = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    config = asdict(shape)
+    return write_llama(target, tokenizer, seed=config.pop("seed"), **config)
 
 
 def _mkdir(path: Path) -> Path:

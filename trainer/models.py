@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 # torch and transformers are imported where models are built or loaded: listing
 # and resolving models (what the control plane does) reads only JSON and the
@@ -68,45 +68,48 @@ def init_tiny(models_dir: str | os.PathLike[str]) -> Path:
     A 2-layer Llama (hidden 64, 4 heads, 2 KV heads) with fixed-seed random weights and a
     byte-level BPE tokenizer trained on the corpus shipped in `trainer/assets`. It exists
     so the service and the tests work offline: fine-tuning it exercises every code path in
-    seconds on a CPU. Built in a temporary dir and renamed into place, so a concurrent or
-    interrupted build never leaves a half-written model behind.
+    seconds on a CPU.
     """
+    target = Path(models_dir) / TINY_LLAMA
+    if (target / "config.json").is_file():
+        return target
+    return write_llama(
+        target,
+        _train_tiny_tokenizer(),
+        seed=0,
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        # 5x Llama's 0.02: with std 0.02 the frozen lm_head of so small a model can only
+        # produce near-uniform logits, and no adapter could bring the loss far below
+        # ln(vocab). 0.1 keeps the initial loss at ln(vocab) and leaves adapters room.
+        initializer_range=0.1,
+    )
+
+
+def write_llama(target: Path, tokenizer: PreTrainedTokenizerBase, seed: int, **config: Any) -> Path:
+    """Write a Llama of `config` (LlamaConfig fields) with weights drawn from `seed`, and
+    `tokenizer`, to `target`. Built in a temporary dir beside it and renamed into place, so
+    a concurrent or interrupted build never leaves a half-written model behind."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    root = Path(models_dir)
-    target = root / TINY_LLAMA
-    if (target / "config.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_LLAMA}-", dir=root))
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        tokenizer = _train_tiny_tokenizer()
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=176,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            # 5x Llama's 0.02: with std 0.02 the frozen lm_head of so small a model can only
-            # produce near-uniform logits, and no adapter could bring the loss far below
-            # ln(vocab). 0.1 keeps the initial loss at ln(vocab) and leaves adapters room.
-            initializer_range=0.1,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
         # A private generator keeps the weights identical wherever and whenever built.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = LlamaForCausalLM(config)
-        model.generation_config = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **special, **config))
+        model.generation_config = GenerationConfig(**special)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         try:
