@@ -42,7 +42,7 @@ def run(ctx: Context) -> Section:
     from contextlib import ExitStack
 
     say = log(NAME)
-    from server.client import Client
+    from bridge.cli.client import Client
     from tunewire.v1 import files_pb2, jobs_pb2
 
     models_dir = workload.tiny_llama().parent

@@ -54,7 +54,7 @@ def run(ctx: Context) -> Section:
     say = log(NAME)
     watchers = ctx.scale(1000, 50)
     epochs = ctx.scale(6, 2)
-    from server.client import Client
+    from bridge.cli.client import Client
     from tunewire.v1 import files_pb2, models_pb2
 
     models_dir = workload.tiny_llama().parent

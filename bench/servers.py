@@ -41,7 +41,7 @@ class Server:
 
 def _tunewire() -> list[str]:
     script = Path(sys.executable).parent / "tunewire"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "server"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bridge.cli"]
 
 
 def _wait_for(pattern: re.Pattern[str], log: Path, process: subprocess.Popen) -> re.Match[str]:

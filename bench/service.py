@@ -48,7 +48,7 @@ MARKS = (
 def run(ctx: Context) -> Section:
     import grpc
 
-    from server.client import Client
+    from bridge.cli.client import Client
     from tunewire.v1 import files_pb2, models_pb2
 
     say = log(NAME)

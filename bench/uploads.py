@@ -1,5 +1,5 @@
 """Uploads: a large JSONL file through the gRPC UploadFile stream (the project's own
-`server.client.Client.upload`, 1 MiB chunks) and through the REST bridge's multipart route
+`bridge.cli.client.Client.upload`, 1 MiB chunks) and through the REST bridge's multipart route
 (`POST /tunewire/v1/files`, streamed by httpx), against a plain file copy on the same disk
 (`shutil.copyfile` + fsync, the durability the blob store gives: it fsyncs before the
 rename).
@@ -74,7 +74,7 @@ def _read_through(path: Path) -> None:
 
 
 def _grpc_upload(server: Any, source: Path) -> dict[str, float]:
-    from server.client import Client
+    from bridge.cli.client import Client
     from tunewire.v1 import files_pb2
 
     client = Client(server.address, server.key)
@@ -98,7 +98,7 @@ def _grpc_upload(server: Any, source: Path) -> dict[str, float]:
 def _bridge_upload(server: Any, url: str, bridge_pid: int, source: Path) -> dict[str, float]:
     import httpx
 
-    from server.client import Client
+    from bridge.cli.client import Client
 
     with open(source, "rb") as f, PeakRss(server.pid) as rss, PeakRss(bridge_pid) as brss:
         started = time.perf_counter()
@@ -156,7 +156,7 @@ def _section(ctx: Context, size: int, samples: dict[str, list]) -> Section:
         f"File: {size / MB:,.0f} MB of synthetic chat JSONL (valid training data), read "
         "once beforehand so every variant reads it from the page cache; server home on the "
         "same disk as the copy.",
-        "gRPC: server.client.Client.upload (1 MiB chunks) to a real `tunewire up`; bridge: "
+        "gRPC: bridge.cli.client.Client.upload (1 MiB chunks) to a real `tunewire up`; bridge: "
         "httpx multipart POST to a real `python -m bridge` in front of it; copy: "
         "shutil.copyfile + fsync. Purpose USER_DATA (no validation: see `validation`).",
         f"Interleaved, {len(samples['grpc'])} repeat(s); medians; RSS growth is the largest "

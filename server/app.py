@@ -1,5 +1,6 @@
-"""`tunewire up`: the gRPC control plane (health, reflection, graceful stop), its
-scheduler, and the REST bridge in front of it, all in one process."""
+"""The control plane's process: the gRPC services (health, reflection, graceful stop) and
+the scheduler. `serve` runs companions beside it (`tunewire up` passes the REST bridge)
+and stops them first, so this package never imports the bridge."""
 
 from __future__ import annotations
 
@@ -7,13 +8,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from bridge.main import create_app
-from bridge.main import serve as serve_rest
 from server import auth
 from server.config import Settings
 from server.control_plane import ControlPlane
@@ -58,7 +58,11 @@ SERVICES = [
 ]
 
 
-async def serve(settings: Settings) -> None:
+Companion = Callable[[str], Awaitable[None]]
+"""Runs beside the control plane, given its gRPC address (the REST bridge)."""
+
+
+async def serve(settings: Settings, companions: Sequence[Companion] = ()) -> None:
     """Serve until SIGTERM or SIGINT, then drain in-flight calls and stop."""
     plane = ControlPlane.open(settings)
     key = auth.ensure_first_key(plane.db, settings.first_key_path)
@@ -99,9 +103,7 @@ async def serve(settings: Settings) -> None:
     local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]") else settings.host
     scheduler = Scheduler(plane, f"{local}:{port}")
     scheduling = asyncio.create_task(scheduler.run())
-    rest = asyncio.create_task(
-        serve_rest(create_app(f"{local}:{port}"), settings.host, settings.http_port)
-    )
+    beside = [asyncio.create_task(companion(f"{local}:{port}")) for companion in companions]
 
     await stop.wait()
 
@@ -110,10 +112,12 @@ async def serve(settings: Settings) -> None:
     # Live event streams end now, told where to resume (UNAVAILABLE, which clients
     # retry), rather than when the grace runs out; unary calls get the grace.
     plane.events.close()
-    # REST first: it is a client of the gRPC server and drains through it.
-    rest.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await rest
+    # Companions first: they are clients of the gRPC server and drain through it.
+    for task in beside:
+        task.cancel()
+    for task in beside:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     scheduling.cancel()
     # Trainers are stopped, not drained: their jobs resume from their last
     # checkpoint when the control plane starts again.

@@ -26,7 +26,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from server.client import Client
+from bridge.cli.client import Client
 from tunewire.v1 import files_pb2, jobs_pb2, models_pb2
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ Job = jobs_pb2.Job
 
 def tunewire_command() -> list[str]:
     script = BIN / "tunewire"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "server"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bridge.cli"]
 
 
 def clean_env(home: Path, models_dir: Path | None, **extra: str) -> dict[str, str]:

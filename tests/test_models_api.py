@@ -17,7 +17,7 @@ from memorization import ANSWERS, EARLY_STEP, HYPERPARAMETERS, QUESTIONS, datase
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-from server.cli_models import models_app
+from bridge.cli.models import models_app
 from trainer.models import MINILM, minilm_path
 from tunewire.v1 import events_pb2, exports_pb2, jobs_pb2, models_pb2
 

@@ -10,9 +10,9 @@ from typing import Annotated
 import grpc
 import typer
 
-from server.cli_common import Address, ApiKey, connect, console, err, fail, new_table, show
-from server.cli_models import models_app
-from server.client import PURPOSES, Client
+from bridge.cli.client import PURPOSES, Client
+from bridge.cli.common import Address, ApiKey, connect, console, err, fail, new_table, show
+from bridge.cli.models import models_app
 from server.config import Settings
 from tunewire.v1 import auth_pb2, files_pb2, jobs_pb2
 
@@ -37,13 +37,19 @@ def up(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "warning",
 ) -> None:
     """Serve the gRPC API and the REST bridge, and run trainers, until SIGTERM / Ctrl-C."""
+    from bridge.main import create_app
+    from bridge.main import serve as serve_rest
     from server import logs
     from server.app import serve
 
     logs.setup(log_level)
     given = {"host": host, "grpc_port": grpc_port, "http_port": http_port}
-    overrides = {k: v for k, v in given.items() if v is not None}
-    asyncio.run(serve(Settings(**overrides)))
+    settings = Settings(**{k: v for k, v in given.items() if v is not None})
+
+    async def rest(grpc_address: str) -> None:
+        await serve_rest(create_app(grpc_address), settings.host, settings.http_port)
+
+    asyncio.run(serve(settings, companions=[rest]))
 
 
 @keys_app.command("create")
@@ -279,7 +285,7 @@ def jobs_watch(
 
 
 def _watch(client: Client, job_id: str, after: int) -> None:
-    from server.progress import watch
+    from bridge.cli.progress import watch
 
     try:
         final = watch(client, job_id, after, console)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from server.client import Client
+from bridge.cli.client import Client
 from tunewire.v1 import events_pb2, jobs_pb2
 
 Event = events_pb2.Event

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from server.client import Client, default_key
+from bridge.cli.client import Client, default_key
 from server.config import Settings
 
 # Piped output keeps whole rows (ids unbroken) for grep and scripts. No emoji codes:

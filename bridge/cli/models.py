@@ -1,7 +1,7 @@
 """`tunewire models get|delete|export|generate`: using fine-tuned models from the terminal.
 
 The `tunewire models` commands.
-The module imports nothing from server.cli, so server.cli can import it at the top.
+The module imports nothing from bridge.cli.app, so the app can import it at the top.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import grpc
 import typer
 from rich.markup import escape
 
-from server.cli_common import Address, ApiKey, connect, console, err, fail, new_table, show
-from server.client import Client
+from bridge.cli.client import Client
+from bridge.cli.common import Address, ApiKey, connect, console, err, fail, new_table, show
 from server.config import Settings
 from tunewire.v1 import exports_pb2, models_pb2
 

@@ -1,0 +1,3 @@
+from bridge.cli.app import main
+
+main()
