@@ -112,6 +112,7 @@ async def serve(settings: Settings, companions: Sequence[Companion] = ()) -> Non
     # Live event streams end now, told where to resume (UNAVAILABLE, which clients
     # retry), rather than when the grace runs out; unary calls get the grace.
     plane.events.close()
+    plane.doorbell.ring()  # and workers waiting for a lease get an empty answer
     # Companions first: they are clients of the gRPC server and drain through it.
     for task in beside:
         task.cancel()

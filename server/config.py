@@ -23,25 +23,34 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 512 * 1024 * 1024
     """Largest upload accepted; enforced while streaming."""
     max_running_jobs: int = 1
-    """Trainer processes run at once on this machine."""
+    """Training workers the local executor keeps on this machine (jobs trained at once)."""
+    export_workers: int = 1
+    """Export workers the local executor starts on this machine when exports wait."""
+    inference_workers: int = 1
+    """Inference workers the local executor starts on this machine when generation is asked
+    for; each keeps its base models loaded."""
     lease_seconds: float = 30.0
     """A trainer that has not heart-beaten for this long is presumed dead."""
     heartbeat_seconds: float = 2.0
     """How often trainers heart-beat (and so how soon they see cancel/pause)."""
-    standby_trainer: bool = True
-    """Keep one trainer process warm (torch imported) so jobs start in milliseconds."""
     max_attempts: int = 3
     """Trainer attempts per job (the first plus resumes) before it fails."""
     models_dir_override: Path | None = None
     """Base models dir; defaults to <home>/models."""
+    blob_url: str = ""
+    """The blob store: a local directory or any fsspec URL (`s3://bucket/prefix`) that the
+    control plane and every worker can reach; defaults to <home>/blobs."""
+    worker_token: str = ""
+    """The secret workers present to the control plane (and it to inference workers); a
+    new random one each start unless set (set it for workers started elsewhere)."""
 
     @property
     def db_path(self) -> Path:
         return self.home / "tunewire.db"
 
     @property
-    def blob_dir(self) -> Path:
-        return self.home / "blobs"
+    def blobs(self) -> str:
+        return self.blob_url or str(self.home / "blobs")
 
     @property
     def models_dir(self) -> Path:

@@ -1,7 +1,10 @@
-"""The control plane's shared state: settings, database, blobs, event logs."""
+"""The control plane's shared state: settings, database, blobs, event logs, and the
+doorbell that wakes workers waiting for work."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,10 +15,30 @@ from server import auth
 from server.config import Settings
 from server.events import EventLog
 from server.rpc import caller, rpc
+from server.serving import Serving
 from server.store import records
 from server.store.blobs import BlobStore
 from server.store.db import connect
-from tunewire.v1 import files_pb2
+from tunewire.v1 import files_pb2, worker_pb2
+
+Kind = worker_pb2.Lease.Kind
+
+
+class Doorbell:
+    """Workers waiting in AcquireLease wait here; posting work rings it for all of them
+    (each then tries to lease in a write transaction, so only one gets each piece)."""
+
+    def __init__(self) -> None:
+        self._rung = asyncio.Event()
+
+    def ring(self) -> None:
+        self._rung.set()
+        self._rung = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        rung = self._rung
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rung.wait(), timeout)
 
 
 @dataclass
@@ -24,22 +47,40 @@ class ControlPlane:
     db: sqlite_utils.Database
     blobs: BlobStore
     events: EventLog
-    # Trainer processes get this secret in their environment; WorkerService
-    # accepts only it. A new one each start, so a trainer from before a restart
-    # re-authenticates through its lease, never through an old key.
+    serving: Serving
+    # Workers present this secret; WorkerService accepts only it, and inference workers
+    # accept only it from the control plane. A new one each start unless configured, so a
+    # worker from before a restart can never report again.
     worker_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    # Set by the scheduler when it starts; creating or resuming a job calls it.
-    wake_scheduler: Callable[[], None] = lambda: None
+    doorbell: Doorbell = field(default_factory=Doorbell)
+    # Worker id -> the lease it holds now: what a local executor kills when a lease is
+    # lost, and what a worker process that exits had been doing.
+    holding: dict[str, worker_pb2.Lease] = field(default_factory=dict)
+    # Set by the scheduler when it starts: work of a kind was posted (a job created or
+    # resumed, an export queued, generation asked for), so wake waiting workers and make
+    # sure the executor has one of that kind.
+    on_work: Callable[[int], None] = lambda kind: None
 
     @classmethod
     def open(cls, settings: Settings) -> ControlPlane:
         db = connect(settings.db_path)
-        return cls(settings, db, BlobStore(settings.blob_dir), EventLog(db))
+        blobs = BlobStore(settings.blobs)
+        plane = cls(settings, db, blobs, EventLog(db), Serving(settings.lease_seconds))
+        if settings.worker_token:
+            plane.worker_token = settings.worker_token
+        return plane
+
+    def post(self, kind: int) -> None:
+        """Work of `kind` is waiting (or its state changed): wake the workers."""
+        self.doorbell.ring()
+        self.on_work(kind)
+
+    def wake_scheduler(self) -> None:
+        """A job was created, cancelled or resumed."""
+        self.post(Kind.KIND_TRAIN)
 
     def base_model_names(self) -> set[str]:
-        # Imported here: trainer.models pulls in torch, which CLI commands
-        # that only talk to the server should not pay for.
-        from trainer.models import list_base_models
+        from trainer.models import list_base_models  # reads configs only, no torch
 
         return {model.name for model in list_base_models(self.settings.models_dir)}
 

@@ -1,142 +1,174 @@
-"""The local executor: one trainer process per leased job, on this machine.
+"""The local executor: the worker processes on this machine, the one way workers are
+started and stopped here.
 
-A trainer process spends seconds importing torch, transformers and peft before
-it can train. With `standby`, the executor keeps one spare process that has
-already paid for those imports and waits on stdin for a lease, so a job starts
-training in milliseconds; each start hands the spare over and warms the next.
+Workers are long-lived: each imports torch once, then asks the control plane for leases
+(`python -m trainer.worker`), so a job never waits for a process to start or torch to
+import, only for a worker to be free. Up to a configured number run per kind of work:
+training workers start with the control plane and are kept at their number; export and
+inference workers start when their first work arrives. A worker that dies is started
+again (after a pause if it keeps dying young), and the scheduler takes back the lease it
+held.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
+
+from server.control_plane import ControlPlane
+from tunewire.v1 import exports_pb2, worker_pb2
 
 log = logging.getLogger("tunewire.executor")
 
-ExitHandler = Callable[[str, int, int], None]
-"""(job id, lease epoch, return code) once a trainer process has exited."""
+Kind = worker_pb2.Lease.Kind
+KIND_NAMES = {Kind.KIND_TRAIN: "train", Kind.KIND_EXPORT: "export", Kind.KIND_SERVE: "serve"}
+ExitHandler = Callable[[str, int], None]
+"""(worker id, return code) once a worker process has exited."""
 Process = asyncio.subprocess.Process
+YOUNG_SECONDS = 10.0
+MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclass
+class _Worker:
+    kind: int
+    process: Process
+    started: float
 
 
 class LocalExecutor:
-    def __init__(
-        self,
-        address: str,
-        token: str,
-        log_dir: Path,
-        heartbeat_seconds: float,
-        on_exit: ExitHandler,
-        standby: bool = True,
-    ) -> None:
+    def __init__(self, plane: ControlPlane, address: str, on_exit: ExitHandler) -> None:
+        self.plane = plane
         self.address = address
-        self.token = token
-        self.log_dir = log_dir
-        self.heartbeat_seconds = heartbeat_seconds
         self.on_exit = on_exit
-        self.standby = standby
-        self._procs: dict[str, tuple[int, Process]] = {}
-        self._spare: Process | None = None
-        self._warming = asyncio.Lock()
+        settings = plane.settings
+        self.limits = {
+            Kind.KIND_TRAIN: settings.max_running_jobs,
+            Kind.KIND_EXPORT: settings.export_workers,
+            Kind.KIND_SERVE: settings.inference_workers,
+        }
+        self._workers: dict[str, _Worker] = {}
+        self._starting: dict[int, int] = dict.fromkeys(self.limits, 0)
+        self._young_deaths: dict[int, int] = dict.fromkeys(self.limits, 0)
+        self._serial = 0
         self._tasks: set[asyncio.Task] = set()
+        self._stopping = False
 
-    @property
-    def running(self) -> int:
-        return len(self._procs)
+    def count(self, kind: int) -> int:
+        return sum(w.kind == kind for w in self._workers.values()) + self._starting[kind]
 
-    async def start(self, job_id: str, epoch: int) -> int:
-        """Start the trainer for (job, epoch); returns its pid."""
-        job_log = self.log_dir / f"{job_id}-{epoch}.log"
-        proc = self._take_spare()
-        if proc is not None:
-            assert proc.stdin is not None
-            proc.stdin.write(
-                json.dumps({"job": job_id, "epoch": epoch, "log": str(job_log)}).encode() + b"\n"
-            )
-            await proc.stdin.drain()
-            proc.stdin.close()
-        else:
-            proc = await self._spawn(job_log, "--job", job_id, "--epoch", str(epoch))
-        self._procs[job_id] = (epoch, proc)
-        self._track(self._wait(job_id, epoch, proc))
-        if self.standby:
-            self._track(self._warm_spare())
-        log.info("trainer started", extra={"fields": {"job": job_id, "pid": proc.pid}})
-        return proc.pid
+    def ensure(self, kind: int) -> None:
+        """Start workers of `kind` up to its number (none if its number is 0)."""
+        while not self._stopping and self.count(kind) < self.limits.get(kind, 0):
+            self._starting[kind] += 1
+            self._track(self._start(kind))
 
-    async def warm(self) -> None:
-        """Start the first spare (at start-up, so the first job need not wait)."""
-        if self.standby:
-            await self._warm_spare()
-
-    def _take_spare(self) -> Process | None:
-        spare, self._spare = self._spare, None
-        # A spare still importing is taken too: it is further along than a new one.
-        return spare if spare is not None and spare.returncode is None else None
-
-    async def _warm_spare(self) -> None:
-        # One spare at a time: two starts in a row must not both spawn one.
-        async with self._warming:
-            if self._spare is None or self._spare.returncode is not None:
-                self._spare = await self._spawn(self.log_dir / "standby.log", "--standby")
-
-    async def _spawn(self, log_path: Path, *args: str) -> Process:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as out:
-            return await asyncio.create_subprocess_exec(
+    async def _start(self, kind: int, delay: float = 0.0) -> None:
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            self._serial += 1
+            name = KIND_NAMES[kind]
+            worker_id = f"local-{name}-{self._serial}"
+            settings = self.plane.settings
+            logs = settings.home / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            command = [
                 sys.executable,
                 "-m",
-                "server.worker",
-                "--address",
+                "trainer.worker",
+                "--control-plane",
                 self.address,
-                "--heartbeat-seconds",
-                str(self.heartbeat_seconds),
-                *args,
-                env={**os.environ, "TUNEWIRE_WORKER_TOKEN": self.token},
-                stdin=asyncio.subprocess.PIPE,
-                stdout=out,
-                stderr=out,
-                # Its own process group: a kill takes its children with it, and
-                # Ctrl-C at the server's terminal does not reach it twice.
-                start_new_session=True,
-            )
+                "--kind",
+                name,
+                "--worker-id",
+                worker_id,
+                "--blobs",
+                self.plane.blobs.url,
+                "--models-dir",
+                str(settings.models_dir),
+                "--scratch",
+                str(settings.home),
+                "--parent",
+                str(os.getpid()),
+            ]
+            with open(logs / f"worker-{name}-{self._serial}.log", "ab") as out:
+                process = await asyncio.create_subprocess_exec(
+                    *command,
+                    env={**os.environ, "TUNEWIRE_WORKER_TOKEN": self.plane.worker_token},
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    # Its own process group: a kill takes its children with it, and
+                    # Ctrl-C at the server's terminal does not reach it twice.
+                    start_new_session=True,
+                )
+        finally:
+            self._starting[kind] -= 1
+        self._workers[worker_id] = _Worker(kind, process, time.monotonic())
+        log.info("worker started", extra={"fields": {"worker": worker_id, "pid": process.pid}})
+        self._track(self._wait(worker_id))
 
     def _track(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _wait(self, job_id: str, epoch: int, proc: Process) -> None:
-        code = await proc.wait()
-        if self._procs.get(job_id, (None, None))[1] is proc:
-            del self._procs[job_id]
-        log.info("trainer exited", extra={"fields": {"job": job_id, "code": code}})
-        self.on_exit(job_id, epoch, code)
-
-    def kill(self, job_id: str, epoch: int | None = None) -> None:
-        """SIGKILL the job's trainer (and its children), if it runs; with `epoch`,
-        only the trainer of that lease, never a newer attempt's."""
-        entry = self._procs.get(job_id)
-        if entry is None or (epoch is not None and entry[0] != epoch):
+    async def _wait(self, worker_id: str) -> None:
+        worker = self._workers[worker_id]
+        code = await worker.process.wait()
+        del self._workers[worker_id]
+        log.info("worker exited", extra={"fields": {"worker": worker_id, "code": code}})
+        self.on_exit(worker_id, code)
+        if self._stopping or not self._wanted(worker.kind):
             return
-        _kill_group(entry[1])
+        young = time.monotonic() - worker.started < YOUNG_SECONDS
+        self._young_deaths[worker.kind] = self._young_deaths[worker.kind] + 1 if young else 0
+        delay = min(MAX_BACKOFF_SECONDS, 2.0 ** self._young_deaths[worker.kind] - 1)
+        if self.count(worker.kind) < self.limits[worker.kind]:
+            self._starting[worker.kind] += 1
+            self._track(self._start(worker.kind, delay))
+
+    def _wanted(self, kind: int) -> bool:
+        """Whether a worker of `kind` that died should be replaced now: training workers
+        always are (they stay warm); the others when work of theirs waits."""
+        if kind == Kind.KIND_TRAIN:
+            return True
+        if kind == Kind.KIND_EXPORT:
+            return bool(
+                self.plane.db.execute(
+                    "SELECT 1 FROM exports WHERE state = ? LIMIT 1",
+                    [exports_pb2.Export.STATE_QUEUED],
+                ).fetchone()
+            )
+        return False
+
+    def kill_holder(self, lease: worker_pb2.Lease) -> None:
+        """SIGKILL the local worker holding `lease` (and its children), if there is one;
+        never a worker holding a newer lease of the same work."""
+        for worker_id, held in list(self.plane.holding.items()):
+            if held == lease:
+                del self.plane.holding[worker_id]
+                if (worker := self._workers.get(worker_id)) is not None:
+                    _kill_group(worker.process)
 
     async def shutdown(self) -> None:
-        for job_id in list(self._procs):
-            self.kill(job_id)
-        if self._spare is not None:
-            _kill_group(self._spare)
-            await self._spare.wait()
+        self._stopping = True
+        for worker in list(self._workers.values()):
+            _kill_group(worker.process)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
 
 
-def _kill_group(proc: Process) -> None:
+def _kill_group(process: Process) -> None:
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)

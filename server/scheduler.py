@@ -1,153 +1,147 @@
-"""The scheduler: leases queued jobs to the executor, oldest first, and takes
-them back when their trainer is lost (process exit, or no heartbeat for a
-lease period), resuming from the last checkpoint up to `max_attempts`."""
+"""The scheduler: the one place that takes work back from lost workers. A lease is lost
+when its worker's process exits without ending it, or when no heartbeat came for a lease
+period; a job then resumes from its last checkpoint and an export runs again, each up to
+`max_attempts`, and a serving worker is dropped. Workers lease work themselves
+(WorkerService.AcquireLease); the local executor keeps them running."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from server import lifecycle
+from server import exports, lifecycle
 from server.control_plane import ControlPlane
 from server.executor import LocalExecutor
 from server.ids import now
 from server.lifecycle import Job
 from server.store.db import write
-from tunewire.v1 import worker_pb2
+from tunewire.v1 import exports_pb2, worker_pb2
 
 log = logging.getLogger("tunewire.scheduler")
 
+Lease = worker_pb2.Lease
+Kind = Lease.Kind
+Export = exports_pb2.Export
 LEASED = (Job.STATE_RUNNING, Job.STATE_PAUSING)
 
 
 class Scheduler:
     def __init__(self, plane: ControlPlane, address: str) -> None:
         self.plane = plane
-        settings = plane.settings
-        self.executor = LocalExecutor(
-            address,
-            plane.worker_token,
-            settings.home / "logs",
-            settings.heartbeat_seconds,
-            self._on_exit,
-            standby=settings.standby_trainer and settings.max_running_jobs > 0,
-        )
+        self.executor = LocalExecutor(plane, address, self._on_exit)
         self._wake = asyncio.Event()
         self._stopping = False
-        plane.wake_scheduler = self._wake.set
+
+        def on_work(kind: int) -> None:
+            self.executor.ensure(kind)
+            self._wake.set()
+
+        plane.on_work = on_work
 
     async def run(self) -> None:
         self._recover()
-        await self.executor.warm()
+        self.executor.ensure(Kind.KIND_TRAIN)
+        self.executor.ensure(Kind.KIND_EXPORT, only_if_waiting=True)
         while True:
             self._wake.clear()
             self._expire_leases()
-            await self._start_queued()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._until_next_expiry())
             except TimeoutError:
                 pass
 
-    def _leased_jobs(self) -> list[tuple[str, int, float | None]]:
-        return [
-            (row[0], row[1], row[2])
-            for row in self.plane.db.execute(
-                "SELECT id, lease_epoch, lease_expires_at FROM jobs WHERE state IN (?, ?)",
-                LEASED,
-            )
-        ]
+    def _leased(self) -> list[tuple[Lease, float | None]]:
+        db = self.plane.db
+        jobs = db.execute(
+            "SELECT id, lease_epoch, lease_expires_at FROM jobs WHERE state IN (?, ?)", LEASED
+        )
+        found = [(Lease(job_id=i, epoch=e, kind=Kind.KIND_TRAIN), x) for i, e, x in jobs]
+        running = db.execute(
+            "SELECT id, lease_epoch, lease_expires_at FROM exports WHERE state = ?",
+            [Export.STATE_RUNNING],
+        )
+        found += [(Lease(job_id=i, epoch=e, kind=Kind.KIND_EXPORT), x) for i, e, x in running]
+        return found
 
     def _recover(self) -> None:
-        """Leases from before a restart have no trainer that can still report
-        (trainer credentials change each start), so their jobs resume now."""
-        for job_id, epoch, _ in self._leased_jobs():
-            self._lost(job_id, epoch, "the control plane restarted", counts=False)
+        """Leases from before a restart have no worker that can still report (worker
+        credentials change each start): their jobs resume now, without spending an
+        attempt, and their exports fail as interrupted."""
+        for lease, _ in self._leased():
+            if lease.kind == Kind.KIND_TRAIN:
+                self.lost(lease, "the control plane restarted", counts=False)
+        with write(self.plane.db):
+            exports.fail_interrupted(self.plane.db, self.plane.events)
 
     def _expire_leases(self) -> None:
-        for job_id, epoch, expires in self._leased_jobs():
+        seconds = self.plane.settings.lease_seconds
+        for lease, expires in self._leased():
             if expires is not None and expires < now():
-                seconds = self.plane.settings.lease_seconds
-                self._lost(job_id, epoch, f"no heartbeat for {seconds:g} s")
+                self.lost(lease, f"no heartbeat for {seconds:g} s")
+        for worker in self.plane.serving.expired():
+            self.lost(
+                Lease(job_id=worker.worker_id, epoch=worker.epoch, kind=Kind.KIND_SERVE),
+                f"no heartbeat for {seconds:g} s",
+            )
 
     def _until_next_expiry(self) -> float | None:
-        deadlines = [e for _, _, e in self._leased_jobs() if e is not None]
-        return max(0.05, min(deadlines) - now()) if deadlines else None
+        deadlines = [e - now() for _, e in self._leased() if e is not None]
+        if (serving := self.plane.serving.next_expiry()) is not None:
+            deadlines.append(serving)
+        return max(0.05, min(deadlines)) if deadlines else None
 
-    def _on_exit(self, job_id: str, epoch: int, code: int) -> None:
-        # A trainer that reported its result has already ended its lease, so
-        # this only acts on one that died without a word. Trainers stopped by
-        # a shutdown are resumed by the next start's recovery instead.
-        if self._stopping:
+    def _on_exit(self, worker_id: str, code: int) -> None:
+        # A worker that ended its lease holds none, so this only acts on one that died
+        # holding one. Workers stopped by a shutdown are resumed by the next start's
+        # recovery instead.
+        lease = self.plane.holding.pop(worker_id, None)
+        if lease is None or self._stopping:
             return
-        self._lost(job_id, epoch, f"trainer process exited with code {code}")
+        self.lost(lease, f"trainer process exited with code {code}")
         self._wake.set()
 
-    def _lost(self, job_id: str, epoch: int, reason: str, counts: bool = True) -> None:
-        db, events = self.plane.db, self.plane.events
-        self.executor.kill(job_id, epoch)
+    def lost(self, lease: Lease, reason: str, counts: bool = True) -> None:
+        """Take back `lease` from its worker (killing it, if it is ours) and retry its
+        work; a lease that is no longer current is left alone."""
+        db, events, settings = self.plane.db, self.plane.events, self.plane.settings
+        self.executor.kill_holder(lease)
+        if lease.kind == Kind.KIND_SERVE:
+            if self.plane.serving.current(lease) is not None:
+                self.plane.serving.end(lease.job_id)
+                log.warning("inference worker lost", extra={"fields": {"reason": reason}})
+            return
         with write(db):
+            table = "jobs" if lease.kind == Kind.KIND_TRAIN else "exports"
             row = db.execute(
-                "SELECT lease_epoch, state, command FROM jobs WHERE id = ?", [job_id]
+                f"SELECT lease_epoch, state FROM {table} WHERE id = ?", [lease.job_id]
             ).fetchone()
-            if row is None or row[0] != epoch or row[1] not in LEASED:
+            if row is None or row[0] != lease.epoch:
                 return
-            lifecycle.end_attempt(
-                db,
-                events,
-                lifecycle.load(db, job_id),
-                row[2],
-                reason,
-                max_attempts=self.plane.settings.max_attempts,
-                counts=counts,
-            )
-        log.warning("trainer lost", extra={"fields": {"job": job_id, "reason": reason}})
-
-    async def _start_queued(self) -> None:
-        db, settings = self.plane.db, self.plane.settings
-        while self.executor.running < settings.max_running_jobs:
-            row = db.execute(
-                "SELECT id FROM jobs WHERE state = ? ORDER BY created_at LIMIT 1",
-                [Job.STATE_QUEUED],
-            ).fetchone()
-            if row is None:
-                return
-            with write(db):
-                job = lifecycle.load(db, row[0])
-                epoch = (
-                    db.execute("SELECT lease_epoch FROM jobs WHERE id = ?", [job.id]).fetchone()[0]
-                    + 1
+            if lease.kind == Kind.KIND_EXPORT:
+                if row[1] != Export.STATE_RUNNING:
+                    return
+                exports.end_attempt(
+                    db, events, lease.job_id, reason, max_attempts=settings.max_attempts
                 )
-                job.progress.attempt += 1
-                step = db.execute(
-                    "SELECT MAX(step) FROM checkpoints WHERE job_id = ?", [job.id]
-                ).fetchone()[0]
-                if job.progress.attempt == 1 and not step:
-                    message = "Fine-tuning job started"
-                elif step:
-                    message = (
-                        f"Resuming from checkpoint step {step} (attempt {job.progress.attempt})"
-                    )
-                else:
-                    message = f"Restarting from the start (attempt {job.progress.attempt})"
-                lifecycle.transition(
+            else:
+                if row[1] not in LEASED:
+                    return
+                (command,) = db.execute(
+                    "SELECT command FROM jobs WHERE id = ?", [lease.job_id]
+                ).fetchone()
+                lifecycle.end_attempt(
                     db,
-                    self.plane.events,
-                    job,
-                    Job.STATE_RUNNING,
-                    message,
-                    data={"attempt": job.progress.attempt, "resume_step": step or 0},
-                    lease_epoch=epoch,
-                    lease_expires_at=now() + settings.lease_seconds,
-                    command=worker_pb2.COMMAND_CONTINUE,
+                    events,
+                    lifecycle.load(db, lease.job_id),
+                    command,
+                    reason,
+                    max_attempts=settings.max_attempts,
+                    counts=counts,
                 )
-            pid = await self.executor.start(job.id, epoch)
-            with write(db):
-                self.plane.events.append(
-                    job.id,
-                    f"Trainer process started (pid {pid})",
-                    data={"pid": pid, "attempt": job.progress.attempt},
-                )
+        log.warning("worker lost", extra={"fields": {"id": lease.job_id, "reason": reason}})
+        self.plane.post(lease.kind)
 
     async def shutdown(self) -> None:
         self._stopping = True
         await self.executor.shutdown()
+        await self.plane.serving.close()

@@ -61,7 +61,11 @@ class _Problems:
 
 
 def validate_file(
-    path: str | Path, *, filename: str = "", max_problems: int = 100, min_examples: int = 1
+    path: str | Path | BinaryIO,
+    *,
+    filename: str = "",
+    max_problems: int = 100,
+    min_examples: int = 1,
 ) -> Report:
     """Validate a training file in one pass.
 
@@ -70,8 +74,13 @@ def validate_file(
     File-level problems (line 0) come first in ``problems``; the cap applies to all of them.
     """
     found = _Problems(max_problems)
-    document = is_plain_text(filename or Path(path).name)
-    with open(path, "rb") as f:
+    if hasattr(path, "read"):  # an open blob of the store
+        stream: BinaryIO = path  # type: ignore[assignment]
+        document = is_plain_text(filename)
+    else:
+        stream = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        document = is_plain_text(filename or Path(path).name)
+    with stream as f:
         scan = _scan_document if document else _scan_jsonl
         fmt, examples, lines, chars, records = scan(f, found)
     # A document is one example by definition (the trainer chunks it), so a minimum number of

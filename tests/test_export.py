@@ -4,9 +4,7 @@ merged logits equal base + adapter logits, ONNX logits equal torch's in onnxrunt
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime
@@ -239,30 +237,3 @@ def test_onnx_export_generates_the_trained_answers(exported: tuple[OnnxExport, l
     ]
     assert answers == list(ANSWERS["a"])
     assert generator.base_loads == 0
-
-
-def test_report_lines_protocol(capsys: pytest.CaptureFixture[str]) -> None:
-    def works(on_event: Any) -> dict[str, Any]:
-        on_event("halfway", {"n": 1})
-        return {"ok": True}
-
-    def refuses(on_event: Any) -> dict[str, Any]:
-        raise ExportError("onnx_tolerance_exceeded", "too far")
-
-    def breaks(on_event: Any) -> dict[str, Any]:
-        raise RuntimeError("/secret/path exploded")
-
-    assert merge.report_lines(works) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert lines == [{"event": "halfway", "data": {"n": 1}}, {"result": {"ok": True}}]
-
-    assert merge.report_lines(refuses) == 1
-    assert json.loads(capsys.readouterr().out) == {
-        "error": {"code": "onnx_tolerance_exceeded", "message": "too far"}
-    }
-
-    assert merge.report_lines(breaks) == 1
-    captured = capsys.readouterr()
-    assert "/secret/path" not in captured.out
-    assert json.loads(captured.out)["error"]["code"] == "export_failed"
-    assert "RuntimeError: /secret/path exploded" in captured.err

@@ -5,19 +5,12 @@
 template), in the base's own dtype, so `AutoModelForCausalLM.from_pretrained(out_dir)`
 loads the fine-tuned model without peft installed.
 
-`python -m trainer.merge BASE ADAPTER OUT` does the same from a shell and reports on
-stdout as JSON lines (see `report_lines`): the export service runs it as a child process,
-so a crash or a kill never takes the server with it and the memory of a merge is returned
-when it ends.
+Export workers (`trainer.worker.export`) run it for the export service.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +18,6 @@ from typing import Any
 import torch
 from peft import PeftModel
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.utils import logging as transformers_logging
 
 from trainer import models
 from trainer.lora import peft_quietly
@@ -99,53 +91,3 @@ def merge_adapter(
     size = sum(path.stat().st_size for path in out.glob("*.safetensors"))
     on_event(f"Saved merged safetensors ({size:,} bytes)", {"bytes": size})
     return out
-
-
-def report_lines(work: Callable[[EventCallback], dict[str, Any]]) -> int:
-    """Run `work(on_event)` and print one JSON object per line on stdout:
-    `{"event": message, "data": {...}}` as it goes, then `{"result": {...}}`, or
-    `{"error": {"code", "message"}}`. Returns the process exit code (0 on success).
-    Unexpected errors print their traceback on stderr and a message that names no path."""
-
-    def emit(record: dict[str, Any]) -> None:
-        print(json.dumps(record), flush=True)
-
-    try:
-        result = work(lambda message, data: emit({"event": message, "data": data}))
-    except ExportError as error:
-        emit({"error": {"code": error.code, "message": str(error)}})
-        return 1
-    except Exception as error:  # noqa: BLE001 - reported as a line; the traceback goes to stderr
-        traceback.print_exc()
-        emit(
-            {
-                "error": {
-                    "code": "export_failed",
-                    "message": f"export failed unexpectedly ({type(error).__name__}); "
-                    "the server log has the details",
-                }
-            }
-        )
-        return 1
-    emit({"result": result})
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m trainer.merge", description="Merge a LoRA adapter into its base model."
-    )
-    parser.add_argument("base", help="base model directory")
-    parser.add_argument("adapter", help="adapter directory (final adapter or checkpoint)")
-    parser.add_argument("out", help="output directory (created; must be empty)")
-    options = parser.parse_args(argv)
-    transformers_logging.disable_progress_bar()  # the log is a file: no progress bars
-    return report_lines(
-        lambda on_event: {
-            "path": str(merge_adapter(options.base, options.adapter, options.out, on_event))
-        }
-    )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -43,10 +43,8 @@ are float32 (and int8).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,9 +56,8 @@ import onnxruntime
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.utils import logging as transformers_logging
 
-from trainer.merge import EventCallback, ExportError, load_merged, report_lines
+from trainer.merge import EventCallback, ExportError, load_merged
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -341,37 +338,3 @@ def export_adapter(
         tolerance=tolerance,
         on_event=on_event,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m trainer.onnx_export",
-        description="Merge a LoRA adapter into its base and export it to ONNX, verified.",
-    )
-    parser.add_argument("base", help="base model directory")
-    parser.add_argument("adapter", help="adapter directory (final adapter or checkpoint)")
-    parser.add_argument("out", help="output directory (created; must be empty)")
-    parser.add_argument("--int8", action="store_true", help="also write an int8 model")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
-    options = parser.parse_args(argv)
-    transformers_logging.disable_progress_bar()  # the log is a file: no progress bars
-
-    def work(on_event: EventCallback) -> dict[str, Any]:
-        done = export_adapter(
-            options.base,
-            options.adapter,
-            options.out,
-            quantize_int8=options.int8,
-            tolerance=options.tolerance,
-            on_event=on_event,
-        )
-        return {
-            "max_logit_diff": done.max_logit_diff,
-            "int8_max_logit_diff": done.int8_max_logit_diff,
-        }
-
-    return report_lines(work)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,6 @@ from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from server.ids import new_id, now, timestamp
 from server.lifecycle import FINAL_STATES_SQL
 from server.store import pages, records
-from server.store.blobs import read_chunks
 from server.store.db import write
 from server.validation import validate_file
 from tunewire.v1 import files_pb2, files_pb2_grpc
@@ -73,7 +72,7 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
 
         file_id = new_id("file")
         limit = self.plane.settings.max_upload_bytes
-        writer = self.plane.blobs.writer("files", file_id)
+        writer = self.plane.blobs.writer(f"files/{file_id}")
         try:
             async for message in requests:
                 if message.HasField("metadata"):
@@ -84,7 +83,7 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
                         f"file is larger than the upload limit of {limit} bytes"
                     )
                 writer.write(message.chunk)
-            path = writer.commit()
+            key = writer.commit()
         except OSError as error:
             writer.discard()
             if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -104,16 +103,20 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
             create_time=timestamp(now()),
         )
         if meta.purpose == File.PURPOSE_FINE_TUNE:
-            report = await asyncio.to_thread(validate_file, path, filename=meta.filename)
+            report = await asyncio.to_thread(self._validate, key, meta.filename)
             record.validation.CopyFrom(report_proto(report))
             record.state = File.STATE_PROCESSED if report.ok else File.STATE_ERROR
         try:
             with write(self.plane.db):
                 self.plane.save_file(record, caller_org())
         except BaseException:
-            path.unlink(missing_ok=True)
+            self.plane.blobs.delete(key)
             raise
         return record
+
+    def _validate(self, key: str, filename: str):
+        with self.plane.blobs.open(key) as blob:
+            return validate_file(blob, filename=filename)
 
     @authenticated
     async def GetFile(self, request: files_pb2.GetFileRequest, context) -> File:
@@ -151,12 +154,13 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
                     f"file {request.file_id!r} is used by job {in_use[0]!r}, which is not finished"
                 )
             db.execute("DELETE FROM files WHERE id = ?", [request.file_id])
-        self.plane.blobs.delete("files", request.file_id)
+        self.plane.blobs.delete(f"files/{request.file_id}")
         return empty_pb2.Empty()
 
     @authenticated
     async def DownloadFile(self, request: files_pb2.DownloadFileRequest, context):
         record = records.get(self.plane.db, "files", File, caller_org(), request.file_id)
-        path = self.plane.blobs.path("files", record.id)
-        for chunk in read_chunks(path, record.bytes, record.sha256):
+        for chunk in self.plane.blobs.read_chunks(
+            f"files/{record.id}", record.bytes, record.sha256
+        ):
             yield files_pb2.DownloadFileResponse(chunk=chunk)

@@ -1,24 +1,26 @@
-"""ModelService: base models, fine-tuned models, generation."""
+"""ModelService: base models, fine-tuned models, generation.
+
+Generation runs in an inference worker (`trainer.worker`, KIND_SERVE): this servicer
+checks the request, resolves the model to (base, adapter) and streams the worker's
+tokens through, so no forward pass ever runs in the control plane.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import Callable, Iterator
-from functools import partial
-from pathlib import Path
-from typing import TYPE_CHECKING
+import logging
 
+import grpc
 from google.protobuf import empty_pb2
 
+from server import registry
 from server.control_plane import ControlPlane, authenticated, caller_org
-from server.errors import FailedPrecondition, InvalidArgument, NotFound
+from server.errors import FailedPrecondition, InvalidArgument, Unavailable
 from server.store import pages, records
 from server.store.db import write
-from tunewire.v1 import exports_pb2, models_pb2, models_pb2_grpc
+from tunewire.v1 import exports_pb2, models_pb2, models_pb2_grpc, worker_pb2
 
-if TYPE_CHECKING:  # torch-heavy; imported when first used (see ControlPlane)
-    from trainer.generation import Chunk, Generator, Prompt, SamplingParams
+log = logging.getLogger("tunewire.models")
 
 BaseModel = models_pb2.BaseModel
 FineTunedModel = models_pb2.FineTunedModel
@@ -26,14 +28,14 @@ Export = exports_pb2.Export
 ROLES = ("system", "user", "assistant", "tool")
 MAX_TOKENS = 4096
 MAX_STOP = 4
+# The first request may wait for an inference worker to start and import torch.
+SERVE_WAIT_SECONDS = 60.0
+UNLOAD_SECONDS = 10.0
 
-Target = Callable[["Prompt", "SamplingParams"], Iterator["Chunk"]]
 
-
-def generation_input(request: models_pb2.GenerateRequest) -> tuple[Prompt, SamplingParams]:
-    """The prompt and sampling parameters of a Generate request; every problem together."""
-    from trainer.generation import SamplingParams
-
+def check_generate(request: models_pb2.GenerateRequest) -> None:
+    """Every problem with a Generate request, together; unset optional fields keep the
+    documented defaults."""
     problems = []
     if not request.model_id:
         problems.append(("model_id", "required"))
@@ -55,36 +57,23 @@ def generation_input(request: models_pb2.GenerateRequest) -> tuple[Prompt, Sampl
     problems += [(f"stop[{i}]", "must not be empty") for i, s in enumerate(request.stop) if not s]
     if problems:
         raise InvalidArgument(problems)
-    # Unset optional fields keep SamplingParams' defaults (the proto's documented ones).
-    given = {
-        name: getattr(request, name)
-        for name in ("max_tokens", "temperature", "top_p", "seed")
-        if request.HasField(name)
-    }
-    params = SamplingParams(stop=tuple(request.stop), **given)
-    messages = [{"role": m.role, "content": m.content} for m in request.messages]
-    return messages or request.prompt, params
 
 
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
-        self._generator: Generator | None = None
 
-    def generator(self) -> Generator:
-        """One Generator for the server: each base model loaded once, adapters switched."""
-        if self._generator is None:
-            from trainer.generation import Generator
+    def _base_models(self) -> dict[str, str]:
+        from trainer.models import list_base_models  # reads configs only, no torch
 
-            self._generator = Generator()
-        return self._generator
+        return {m.name: m.architecture for m in list_base_models(self.plane.settings.models_dir)}
 
-    def _target(self, org: str, request: models_pb2.GenerateRequest) -> Target:
-        """What generates for `request`: an ONNX export, a fine-tuned (or checkpoint) model,
-        or a base model."""
-        from trainer.models import list_base_models, resolve_model
-
-        db, settings = self.plane.db, self.plane.settings
+    def _inference_request(
+        self, org: str, request: models_pb2.GenerateRequest
+    ) -> worker_pb2.InferenceServiceGenerateRequest:
+        """What the inference worker runs for `request`: an ONNX export, a fine-tuned (or
+        checkpoint) model, or a base model, by name and blob key."""
+        db = self.plane.db
         if request.export_id:
             export = records.get(db, "exports", Export, org, request.export_id)
             if export.format != Export.FORMAT_ONNX:
@@ -95,30 +84,20 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
                 )
             if export.state != Export.STATE_SUCCEEDED:
                 raise FailedPrecondition(f"export {export.id!r} has not succeeded")
-            directory = self.plane.blobs.path("exports", export.id)
-            return partial(self.generator().generate_onnx, directory)
-        row = db.execute(
-            "SELECT adapter_path, proto FROM models WHERE id = ? AND org = ?",
-            [request.model_id, org],
-        ).fetchone()
-        if row is not None:
-            adapter = Path(row[0])
-            if not (adapter / "adapter_config.json").is_file():
-                raise FailedPrecondition(f"the adapter of model {request.model_id!r} is gone")
-            base = resolve_model(settings.models_dir, FineTunedModel.FromString(row[1]).base_model)
-            return partial(self.generator().generate, base, adapter)
-        bases = {m.name: m for m in list_base_models(settings.models_dir)}
-        if request.model_id not in bases:
-            raise NotFound("model", request.model_id)
-        if not bases[request.model_id].architecture.endswith("ForCausalLM"):
-            raise InvalidArgument.field(
-                "model_id", f"{request.model_id!r} is an encoder; generation needs a causal LM"
+            target = registry.fine_tuned(db, org, export.model_id) or registry.Target("")
+            return worker_pb2.InferenceServiceGenerateRequest(
+                base_model=target.base_model,
+                onnx_export=f"exports/{export.id}",
+                request=request,
             )
-        return partial(self.generator().generate, bases[request.model_id].path, None)
+        target = registry.resolve(db, self.plane.blobs, org, request.model_id, self._base_models())
+        return worker_pb2.InferenceServiceGenerateRequest(
+            base_model=target.base_model, adapter=target.adapter, request=request
+        )
 
     @authenticated
     async def ListBaseModels(self, request, context):
-        from trainer.models import list_base_models  # torch-heavy; see ControlPlane
+        from trainer.models import list_base_models  # reads configs only, no torch
 
         return models_pb2.ListBaseModelsResponse(
             base_models=[
@@ -159,38 +138,50 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         db = self.plane.db
         records.get(db, "models", FineTunedModel, caller_org(), request.model_id)
         with write(db):
-            (adapter,) = db.execute(
-                "SELECT adapter_path FROM models WHERE id = ?", [request.model_id]
-            ).fetchone()
-            db.execute("DELETE FROM models WHERE id = ?", [request.model_id])
-        # Only what the model store holds; never a path outside the blob root.
-        stored = Path(adapter).resolve()
-        if self._generator is not None:
-            # Off the loop: unloading waits for the base's lock (a forward pass).
-            await asyncio.to_thread(self._generator.unload, stored)
-        if stored.is_relative_to(self.plane.blobs.root.resolve() / "models"):
-            shutil.rmtree(stored, ignore_errors=True)
+            adapter = registry.delete(db, request.model_id)
+        await self._unload(adapter)
+        # Only what the model store holds, never another key.
+        if adapter.startswith(f"{registry.MODELS}/"):
+            await asyncio.to_thread(self.plane.blobs.delete, adapter)
         return empty_pb2.Empty()
+
+    async def _unload(self, adapter: str) -> None:
+        """Tell every inference worker to drop the adapter (at once if no request uses
+        it, else when its last request ends). A worker that does not answer has lost its
+        lease by then, and with it everything it had loaded."""
+        unload = worker_pb2.UnloadAdapterRequest(adapter=adapter)
+        for worker in list(self.plane.serving.workers.values()):
+            try:
+                await worker.stub().UnloadAdapter(
+                    unload, metadata=self._metadata(), timeout=UNLOAD_SECONDS
+                )
+            except grpc.aio.AioRpcError as error:
+                log.warning(
+                    "unload failed",
+                    extra={"fields": {"worker": worker.worker_id, "code": error.code().name}},
+                )
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.plane.worker_token}")]
 
     @authenticated
     async def Generate(self, request: models_pb2.GenerateRequest, context):
-        from trainer.generation import InvalidPrompt
-
-        prompt, params = generation_input(request)
-        chunks = self._target(caller_org(), request)(prompt, params)
+        check_generate(request)
+        work = self._inference_request(caller_org(), request)
+        self.plane.post(worker_pb2.Lease.KIND_SERVE)
+        worker = await self.plane.serving.pick(work.base_model, SERVE_WAIT_SECONDS)
+        stream = worker.stub().Generate(work, metadata=self._metadata())
         try:
-            # One step per thread hop: loading and forward passes stay off the event loop.
-            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-                yield models_pb2.GenerateResponse(
-                    text=chunk.text,
-                    finish_reason=chunk.finish_reason or "",
-                    usage=models_pb2.Usage(
-                        prompt_tokens=chunk.usage.prompt_tokens,
-                        completion_tokens=chunk.usage.completion_tokens,
-                    )
-                    if chunk.usage
-                    else None,
-                )
-        except InvalidPrompt as error:
-            field = "messages" if request.messages else "prompt"
-            raise InvalidArgument.field(field, str(error)) from error
+            async for reply in stream:
+                yield reply
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                field = "messages" if request.messages else "prompt"
+                raise InvalidArgument.field(field, error.details() or "") from error
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise FailedPrecondition(error.details() or "") from error
+            raise Unavailable(
+                f"the inference worker failed ({error.code().name}); retry"
+            ) from error
+        finally:
+            stream.cancel()

@@ -1,23 +1,22 @@
-"""WorkerService: trainer processes report here, each call under its lease.
+"""WorkerService: workers lease work here and report on it, each call under its lease.
 
-A call whose lease epoch is not the job's current one, or whose job is no
-longer running, is refused with FAILED_PRECONDITION: a worker presumed dead
-(killed, stopped past its lease, cut off by a restart) can never write again.
+Three kinds of lease, one protocol: training a job (the job's row holds its lease epoch,
+expiry and pending command), running an export (likewise, in the export's row) and
+serving generation (in memory, see `server.serving`). A call whose lease is not current
+(another epoch, expired, the work finished) is refused with FAILED_PRECONDITION: a worker
+presumed dead (killed, stopped past its lease, cut off by a restart) can never write
+again. Reports only record: the worker has already written and hashed every blob.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import secrets
-import shutil
 import time
-from pathlib import Path
 
 from google.protobuf import json_format
 
-from server import lifecycle
+from server import exports, lifecycle, registry
 from server.control_plane import ControlPlane
 from server.errors import FailedPrecondition, InvalidArgument, Unauthenticated
 from server.ids import new_id, now, timestamp
@@ -26,50 +25,47 @@ from server.rpc import rpc
 from server.store.db import write
 from tunewire.v1 import (
     checkpoints_pb2,
-    common_pb2,
+    exports_pb2,
     files_pb2,
-    models_pb2,
     worker_pb2,
     worker_pb2_grpc,
 )
 
+Lease = worker_pb2.Lease
+Kind = Lease.Kind
 Outcome = worker_pb2.ReportResultRequest
+Export = exports_pb2.Export
 # Errors that may pass on another attempt (a crash, an out-of-memory); bad
 # arguments fail at once.
 RETRYABLE = frozenset({"training_error"})
-CHECKPOINT_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 LEVELS = frozenset({Event.LEVEL_INFO, Event.LEVEL_WARN, Event.LEVEL_ERROR})
+MAX_WAIT_SECONDS = 60.0
+LEASED_JOB = (Job.STATE_RUNNING, Job.STATE_PAUSING)
 
 
 def _check_token(servicer: WorkerServicer, header: str | None) -> str:
     expected = f"Bearer {servicer.plane.worker_token}"
     if not header or not hmac.compare_digest(header.encode(), expected.encode()):
-        raise Unauthenticated("not a trainer of this control plane")
+        raise Unauthenticated("not a worker of this control plane")
     return "worker"
 
 
 worker_call = rpc(_check_token)
 
 
-def model_name(job: Job) -> str:
-    return f"ft:{job.base_model}:{job.organization}:{job.suffix}:{job.id}"
+def kind_of(lease: Lease) -> int:
+    return lease.kind or Kind.KIND_TRAIN
 
 
-def artifacts(root: Path) -> list[common_pb2.Artifact]:
-    out = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-        out.append(
-            common_pb2.Artifact(
-                path=str(path.relative_to(root)),
-                bytes=path.stat().st_size,
-                sha256=digest.hexdigest(),
-            )
-        )
-    return out
+def results_file_id(lease: Lease) -> str:
+    """The id of the metrics file a training lease writes: derived from the lease, so the
+    worker can be told where to write it before the control plane records it."""
+    digest = hashlib.sha256(f"{lease.job_id}:{lease.epoch}:results".encode()).hexdigest()
+    return f"file-{digest[:24]}"
+
+
+def not_current(lease: Lease) -> FailedPrecondition:
+    return FailedPrecondition(f"lease epoch {lease.epoch} of {lease.job_id!r} is not current")
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
@@ -79,93 +75,196 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         # ETA is extrapolated from this attempt's own pace.
         self._pace: dict[str, tuple[float, int]] = {}
 
-    def _leased(self, lease: worker_pb2.Lease) -> Job:
-        """The job if `lease` is current; extends it. Call inside a write transaction."""
+    # --- leases -----------------------------------------------------------------------
+
+    def _leased(self, lease: Lease) -> Job:
+        """The job if training lease `lease` is current; extends it. In a write transaction."""
+        if kind_of(lease) != Kind.KIND_TRAIN:
+            raise not_current(lease)
         row = self.plane.db.execute(
             "SELECT lease_epoch, state FROM jobs WHERE id = ?", [lease.job_id]
         ).fetchone()
-        if (
-            row is None
-            or row[0] != lease.epoch
-            or row[1]
-            not in (
-                Job.STATE_RUNNING,
-                Job.STATE_PAUSING,
-            )
-        ):
-            raise FailedPrecondition(
-                f"lease epoch {lease.epoch} of job {lease.job_id!r} is not current"
-            )
+        if row is None or row[0] != lease.epoch or row[1] not in LEASED_JOB:
+            raise not_current(lease)
         self.plane.db.execute(
             "UPDATE jobs SET lease_expires_at = ? WHERE id = ?",
             [now() + self.plane.settings.lease_seconds, lease.job_id],
         )
         return lifecycle.load(self.plane.db, lease.job_id)
 
-    @worker_call
-    async def StartAttempt(self, request: worker_pb2.StartAttemptRequest, context):
-        from trainer.models import resolve_model
+    def _leased_export(self, lease: Lease) -> tuple[Export, str]:
+        """The export and its org if export lease `lease` is current; extends it."""
+        row = self.plane.db.execute(
+            "SELECT lease_epoch, state FROM exports WHERE id = ?", [lease.job_id]
+        ).fetchone()
+        if row is None or row[0] != lease.epoch or row[1] != Export.STATE_RUNNING:
+            raise not_current(lease)
+        self.plane.db.execute(
+            "UPDATE exports SET lease_expires_at = ? WHERE id = ?",
+            [now() + self.plane.settings.lease_seconds, lease.job_id],
+        )
+        return exports.load(self.plane.db, lease.job_id)
 
-        db, settings = self.plane.db, self.plane.settings
+    @worker_call
+    async def AcquireLease(self, request: worker_pb2.AcquireLeaseRequest, context):
+        worker = request.worker
+        if not worker.id:
+            raise InvalidArgument.field("worker.id", "required")
+        kinds = set(worker.kinds) - {Kind.KIND_UNSPECIFIED}
+        if not kinds:
+            raise InvalidArgument.field("worker.kinds", "name at least one kind of work")
+        if Kind.KIND_SERVE in kinds and not worker.address:
+            raise InvalidArgument.field("worker.address", "required to serve")
+        self.plane.holding.pop(worker.id, None)  # asking for work: it holds none now
+        deadline = time.monotonic() + min(max(request.wait_seconds, 0.0), MAX_WAIT_SECONDS)
+        while True:
+            reply = self._try_lease(worker, kinds)
+            if reply is not None:
+                self.plane.holding[worker.id] = reply.lease
+                reply.heartbeat_seconds = self.plane.settings.heartbeat_seconds
+                return reply
+            left = deadline - time.monotonic()
+            if left <= 0 or self.plane.events.closing:
+                return worker_pb2.AcquireLeaseResponse()
+            await self.plane.doorbell.wait(left)
+
+    def _try_lease(
+        self, worker: worker_pb2.WorkerInfo, kinds: set[int]
+    ) -> worker_pb2.AcquireLeaseResponse | None:
+        if Kind.KIND_SERVE in kinds:
+            epoch = self.plane.serving.lease(worker.id, worker.address)
+            return worker_pb2.AcquireLeaseResponse(
+                lease=Lease(job_id=worker.id, epoch=epoch, kind=Kind.KIND_SERVE),
+                serve=worker_pb2.ServeWork(),
+            )
+        if Kind.KIND_TRAIN in kinds and (reply := self._lease_job(worker)) is not None:
+            return reply
+        if Kind.KIND_EXPORT in kinds and (reply := self._lease_export()) is not None:
+            return reply
+        return None
+
+    def _lease_job(self, worker: worker_pb2.WorkerInfo) -> worker_pb2.AcquireLeaseResponse | None:
+        db, settings, events = self.plane.db, self.plane.settings, self.plane.events
         with write(db):
-            job = self._leased(request.lease)
-            try:
-                base_model_path = resolve_model(settings.models_dir, job.base_model)
-                refused = ""
-            except ValueError as error:
-                # The models dir changed since the job was created (the model removed,
-                # or swapped for a symlink out of the dir): every attempt would meet the
-                # same refusal, so the job fails now, saying why.
-                refused = str(error)
-                job.error.CopyFrom(
-                    common_pb2.Error(code="invalid_base_model", message=refused, param="base_model")
-                )
-                lifecycle.transition(
-                    db,
-                    self.plane.events,
-                    job,
-                    Job.STATE_FAILED,
-                    f"Job failed: {refused}",
-                    level=Event.LEVEL_ERROR,
-                    data={"error": "invalid_base_model"},
-                    lease_expires_at=None,
-                    command=worker_pb2.COMMAND_CONTINUE,
-                )
-        if refused:
-            self.plane.wake_scheduler()
-            raise FailedPrecondition(f"job {job.id!r} failed: {refused}")
-        files = {
-            r["id"]: files_pb2.File.FromString(r["proto"])
-            for r in db.query(
+            row = db.execute(
+                "SELECT id, lease_epoch FROM jobs WHERE state = ? ORDER BY created_at LIMIT 1",
+                [Job.STATE_QUEUED],
+            ).fetchone()
+            if row is None:
+                return None
+            job, epoch = lifecycle.load(db, row[0]), row[1] + 1
+            job.progress.attempt += 1
+            step = db.execute(
+                "SELECT MAX(step) FROM checkpoints WHERE job_id = ?", [job.id]
+            ).fetchone()[0]
+            if job.progress.attempt == 1 and not step:
+                message = "Fine-tuning job started"
+            elif step:
+                message = f"Resuming from checkpoint step {step} (attempt {job.progress.attempt})"
+            else:
+                message = f"Restarting from the start (attempt {job.progress.attempt})"
+            lifecycle.transition(
+                db,
+                events,
+                job,
+                Job.STATE_RUNNING,
+                message,
+                data={"attempt": job.progress.attempt, "resume_step": step or 0},
+                lease_epoch=epoch,
+                lease_expires_at=now() + settings.lease_seconds,
+                command=worker_pb2.COMMAND_CONTINUE,
+            )
+            events.append(
+                job.id,
+                f"Trainer process started (pid {worker.pid})",
+                data={
+                    "pid": worker.pid,
+                    "attempt": job.progress.attempt,
+                    "worker": worker.id,
+                    "host": worker.host,
+                },
+            )
+            lease = Lease(job_id=job.id, epoch=epoch, kind=Kind.KIND_TRAIN)
+            return worker_pb2.AcquireLeaseResponse(lease=lease, train=self._train_work(job, lease))
+
+    def _train_work(self, job: Job, lease: Lease) -> worker_pb2.TrainWork:
+        db = self.plane.db
+        names = dict(
+            db.execute(
                 "SELECT id, proto FROM files WHERE id IN (?, ?)",
                 [job.training_file, job.validation_file],
-            )
-        }
+            ).fetchall()
+        )
+
+        def ref(file_id: str) -> worker_pb2.BlobRef | None:
+            if file_id not in names:
+                return None
+            filename = files_pb2.File.FromString(names[file_id]).filename
+            return worker_pb2.BlobRef(key=f"files/{file_id}", filename=filename)
+
         latest = db.execute(
             "SELECT path FROM checkpoints WHERE job_id = ? ORDER BY step DESC LIMIT 1", [job.id]
         ).fetchone()
-        out = settings.home / "jobs" / job.id / f"attempt-{request.lease.epoch}"
-        out.mkdir(parents=True, exist_ok=True)
-        valid = files.get(job.validation_file)
-        return worker_pb2.StartAttemptResponse(
+        return worker_pb2.TrainWork(
             job=job,
-            base_model_path=str(base_model_path),
-            training_file_path=str(self.plane.blobs.path("files", job.training_file)),
-            training_filename=files[job.training_file].filename,
-            validation_file_path=str(self.plane.blobs.path("files", valid.id)) if valid else "",
-            validation_filename=valid.filename if valid else "",
-            output_dir=str(out),
-            resume_checkpoint_path=latest[0] if latest else "",
+            base_model=job.base_model,
+            training_file=ref(job.training_file),
+            validation_file=ref(job.validation_file),
+            resume_checkpoint=latest[0] if latest else "",
+            checkpoint_prefix=f"checkpoints/{job.id}/attempt-{lease.epoch}",
+            model_prefix=registry.adapter_prefix(job.id),
+            results_file=f"files/{results_file_id(lease)}",
+        )
+
+    def _lease_export(self) -> worker_pb2.AcquireLeaseResponse | None:
+        db = self.plane.db
+        with write(db):
+            leased = exports.lease_next(db, self.plane.events, self.plane.settings.lease_seconds)
+            if leased is None:
+                return None
+            export, org, epoch = leased
+            target = registry.fine_tuned(db, org, export.model_id)
+            if target is None:
+                exports.fail(
+                    db,
+                    self.plane.events,
+                    export,
+                    org,
+                    "model_not_found",
+                    f"model {export.model_id!r} no longer exists",
+                )
+                return None
+        return worker_pb2.AcquireLeaseResponse(
+            lease=Lease(job_id=export.id, epoch=epoch, kind=Kind.KIND_EXPORT),
+            export=worker_pb2.ExportWork(
+                export=export,
+                base_model=target.base_model,
+                adapter=target.adapter,
+                output=exports.output_key(export.id),
+            ),
         )
 
     @worker_call
     async def Heartbeat(self, request: worker_pb2.HeartbeatRequest, context):
-        with write(self.plane.db):
-            self._leased(request.lease)
-            (command,) = self.plane.db.execute(
-                "SELECT command FROM jobs WHERE id = ?", [request.lease.job_id]
+        lease, db = request.lease, self.plane.db
+        kind = kind_of(lease)
+        if kind == Kind.KIND_SERVE:
+            worker = self.plane.serving.current(lease)
+            if worker is None:
+                raise not_current(lease)
+            self.plane.serving.extend(worker)
+            return worker_pb2.HeartbeatResponse(command=worker_pb2.COMMAND_CONTINUE)
+        with write(db):
+            if kind == Kind.KIND_EXPORT:
+                self._leased_export(lease)
+                return worker_pb2.HeartbeatResponse(command=worker_pb2.COMMAND_CONTINUE)
+            self._leased(lease)
+            (command,) = db.execute(
+                "SELECT command FROM jobs WHERE id = ?", [lease.job_id]
             ).fetchone()
         return worker_pb2.HeartbeatResponse(command=command or worker_pb2.COMMAND_CONTINUE)
+
+    # --- reports ----------------------------------------------------------------------
 
     @worker_call
     async def ReportPlan(self, request: worker_pb2.ReportPlanRequest, context):
@@ -199,9 +298,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         if request.level not in LEVELS:
             raise InvalidArgument.field("level", "must be INFO, WARN or ERROR")
         with write(self.plane.db):
-            job = self._leased(request.lease)
+            if kind_of(request.lease) == Kind.KIND_EXPORT:
+                parent = self._leased_export(request.lease)[0].id
+            else:
+                parent = self._leased(request.lease).id
             self.plane.events.append(
-                job.id,
+                parent,
                 request.message,
                 level=request.level,
                 data=json_format.MessageToDict(request.data),
@@ -246,6 +348,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     @worker_call
     async def ReportCheckpoint(self, request: worker_pb2.ReportCheckpointRequest, context):
         db = self.plane.db
+        if not request.path or not request.adapter:
+            raise InvalidArgument.field("path" if not request.path else "adapter", "required")
         with write(db):
             job = self._leased(request.lease)
             row = db.execute(
@@ -261,7 +365,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 job_id=job.id,
                 step=request.step,
                 epoch=request.epoch,
-                model=f"{model_name(job)}:ckpt-step-{request.step}",
+                model=f"{registry.model_name(job)}:ckpt-step-{request.step}",
                 metrics=request.metrics,
                 create_time=timestamp(now()),
                 best=request.best,
@@ -276,12 +380,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     "proto": checkpoint.SerializeToString(),
                 }
             )
-            # The trainer keeps only its last few checkpoints; the model store
-            # keeps every registered checkpoint's adapter for good.
-            adapter = self._store_adapter(
-                job, f"ckpt-step-{request.step}", Path(request.path), CHECKPOINT_ADAPTER_FILES
+            registry.register(
+                db,
+                job,
+                checkpoint.model,
+                request.adapter,
+                list(request.adapter_artifacts),
+                checkpoint_id=checkpoint.id,
             )
-            self._register_model(job, checkpoint.model, adapter, checkpoint_id=checkpoint.id)
             self.plane.events.append(
                 job.id,
                 f"Checkpoint created at step {request.step}",
@@ -290,73 +396,48 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             )
         return worker_pb2.ReportCheckpointResponse(checkpoint=checkpoint)
 
-    def _store_adapter(
-        self, job: Job, name: str, source: Path, only: tuple[str, ...] | None = None
-    ) -> Path:
-        """Copy an adapter into blobs/models/<job>/<name>, staged then renamed into place."""
-        target = self.plane.blobs.path("models", job.id) / name
-        if target.exists():
-            return target
-        staging = self.plane.blobs.root / "tmp" / f"{job.id}-{name}.{secrets.token_hex(4)}"
-        if only is None:
-            shutil.copytree(source, staging)
-        else:
-            staging.mkdir()
-            for filename in only:
-                shutil.copy2(source / filename, staging / filename)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, target)
-        return target
-
-    def _register_model(
-        self, job: Job, name: str, adapter: Path, checkpoint_id: str = ""
-    ) -> models_pb2.FineTunedModel:
-        model = models_pb2.FineTunedModel(
-            id=name,
-            base_model=job.base_model,
-            job_id=job.id,
-            checkpoint_id=checkpoint_id,
-            state=models_pb2.FineTunedModel.STATE_READY,
-            organization=job.organization,
-            create_time=timestamp(now()),
-            artifacts=artifacts(adapter),
-        )
-        self.plane.db["models"].upsert(
-            {
-                "id": name,
-                "org": job.organization,
-                "job_id": job.id,
-                "checkpoint_id": checkpoint_id or None,
-                "created_at": now(),
-                "adapter_path": str(adapter),
-                "proto": model.SerializeToString(),
-            },
-            pk="id",
-        )
-        return model
-
-    def _results_file(self, job: Job, csv_path: Path) -> files_pb2.File:
-        """The metrics CSV as a `fine-tune-results` file of the job's org."""
-        file_id = new_id("file")
-        writer = self.plane.blobs.writer("files", file_id)
-        with open(csv_path, "rb") as source:
-            while block := source.read(1 << 20):
-                writer.write(block)
-        writer.commit()
-        record = files_pb2.File(
-            id=file_id,
-            filename=f"{job.id}-metrics.csv",
-            purpose=files_pb2.File.PURPOSE_FINE_TUNE_RESULTS,
-            bytes=writer.size,
-            sha256=writer.sha256,
-            state=files_pb2.File.STATE_PROCESSED,
-            create_time=timestamp(now()),
-        )
-        self.plane.save_file(record, job.organization)
-        return record
-
     @worker_call
     async def ReportResult(self, request: worker_pb2.ReportResultRequest, context):
+        kind = kind_of(request.lease)
+        if kind == Kind.KIND_SERVE:
+            if self.plane.serving.current(request.lease) is None:
+                raise not_current(request.lease)
+            self.plane.serving.end(request.lease.job_id)
+        elif kind == Kind.KIND_EXPORT:
+            self._end_export(request)
+        else:
+            self._end_training(request)
+        for worker, lease in list(self.plane.holding.items()):
+            if lease == request.lease:
+                del self.plane.holding[worker]
+        self.plane.post(kind)
+        return worker_pb2.ReportResultResponse()
+
+    def _end_export(self, request: worker_pb2.ReportResultRequest) -> None:
+        db, events = self.plane.db, self.plane.events
+        with write(db):
+            export, org = self._leased_export(request.lease)
+            if request.outcome == Outcome.OUTCOME_SUCCEEDED:
+                export.max_logit_diff = request.max_logit_diff
+                export.int8_max_logit_diff = request.int8_max_logit_diff
+                del export.artifacts[:]
+                export.artifacts.extend(request.artifacts)
+                total = sum(artifact.bytes for artifact in request.artifacts)
+                exports.transition(
+                    db,
+                    events,
+                    export,
+                    org,
+                    Export.STATE_SUCCEEDED,
+                    f"Export succeeded: {len(request.artifacts)} files, {total:,} bytes",
+                    data={"files": len(request.artifacts), "bytes": total},
+                )
+            elif request.outcome == Outcome.OUTCOME_FAILED:
+                exports.fail(db, events, export, org, request.error.code, request.error.message)
+            else:
+                raise InvalidArgument.field("outcome", "an export SUCCEEDED or FAILED")
+
+    def _end_training(self, request: worker_pb2.ReportResultRequest) -> None:
         db, events = self.plane.db, self.plane.events
         with write(db):
             job = self._leased(request.lease)
@@ -410,21 +491,30 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             else:
                 raise InvalidArgument.field("outcome", "required")
         self._pace.pop(job.id, None)
-        self.plane.wake_scheduler()
-        return worker_pb2.ReportResultResponse()
 
     def _succeed(self, job: Job, request: worker_pb2.ReportResultRequest) -> None:
         if not request.adapter_path:
             raise InvalidArgument.field("adapter_path", "required when the outcome is SUCCEEDED")
-        # The adapter moves out of the attempt dir into the model store, so
-        # pruning attempts never takes a model's weights with it.
-        name = model_name(job)
-        adapter = self._store_adapter(job, "final", Path(request.adapter_path))
-        self._register_model(job, name, adapter)
+        name = registry.model_name(job)
+        registry.register(self.plane.db, job, name, request.adapter_path, list(request.artifacts))
         job.fine_tuned_model = name
         job.trained_tokens = request.trained_tokens
-        if request.metrics_csv_path:
-            job.result_files.append(self._results_file(job, Path(request.metrics_csv_path)).id)
+        if request.HasField("metrics_csv"):
+            job.result_files.append(self._results_file(job, request))
         self.plane.events.append(
             job.id, f"New fine-tuned model created: {name}", data={"model": name}
         )
+
+    def _results_file(self, job: Job, request: worker_pb2.ReportResultRequest) -> str:
+        """Record the metrics CSV the worker wrote as a `fine-tune-results` file."""
+        record = files_pb2.File(
+            id=results_file_id(request.lease),
+            filename=f"{job.id}-metrics.csv",
+            purpose=files_pb2.File.PURPOSE_FINE_TUNE_RESULTS,
+            bytes=request.metrics_csv.bytes,
+            sha256=request.metrics_csv.sha256,
+            state=files_pb2.File.STATE_PROCESSED,
+            create_time=timestamp(now()),
+        )
+        self.plane.save_file(record, job.organization)
+        return record.id

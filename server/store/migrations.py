@@ -79,4 +79,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX exports_by_org ON exports (org, created_at DESC, id DESC)
     """,
+    # 2: exports are leased to workers like jobs: their state is a column the lease
+    # queries read, and checkpoint paths and adapter paths become blob keys.
+    """
+    ALTER TABLE exports ADD COLUMN state INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE exports ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE exports ADD COLUMN lease_expires_at REAL;
+    ALTER TABLE exports ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX exports_by_state ON exports (state, created_at)
+    """,
 ]

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from tunewire.v1 import models_pb2 as tunewire_dot_v1_dot_models__pb2
 from tunewire.v1 import worker_pb2 as tunewire_dot_v1_dot_worker__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -26,10 +27,17 @@ if _version_not_supported:
 
 
 class WorkerServiceStub:
-    """Internal: how trainer processes report to the control plane. Not exposed
-    over REST. Every call carries the lease it acts under; a call under a lease
-    that is no longer current (expired, re-leased, job finished) is refused with
-    FAILED_PRECONDITION, so a worker presumed dead can never write twice.
+    """Internal: how workers take work from the control plane and report on it. Not
+    exposed over REST. Every piece of torch work (training a job, running an
+    export, serving generation) is a lease: a worker asks for one
+    (AcquireLease), heart-beats it, reports under it and ends it. Every call
+    carries the lease it acts under; a call under a lease that is no longer
+    current (expired, re-leased, finished) is refused with FAILED_PRECONDITION,
+    so a worker presumed dead can never write twice.
+
+    What a worker is told names blobs by key in the shared blob store and base
+    models by name, never by a local path: a worker needs only the control
+    plane's address, the blob store's URL and the base models.
     """
 
     def __init__(self, channel):
@@ -38,10 +46,10 @@ class WorkerServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.StartAttempt = channel.unary_unary(
-                '/tunewire.v1.WorkerService/StartAttempt',
-                request_serializer=tunewire_dot_v1_dot_worker__pb2.StartAttemptRequest.SerializeToString,
-                response_deserializer=tunewire_dot_v1_dot_worker__pb2.StartAttemptResponse.FromString,
+        self.AcquireLease = channel.unary_unary(
+                '/tunewire.v1.WorkerService/AcquireLease',
+                request_serializer=tunewire_dot_v1_dot_worker__pb2.AcquireLeaseRequest.SerializeToString,
+                response_deserializer=tunewire_dot_v1_dot_worker__pb2.AcquireLeaseResponse.FromString,
                 _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/tunewire.v1.WorkerService/Heartbeat',
@@ -76,14 +84,22 @@ class WorkerServiceStub:
 
 
 class WorkerServiceServicer:
-    """Internal: how trainer processes report to the control plane. Not exposed
-    over REST. Every call carries the lease it acts under; a call under a lease
-    that is no longer current (expired, re-leased, job finished) is refused with
-    FAILED_PRECONDITION, so a worker presumed dead can never write twice.
+    """Internal: how workers take work from the control plane and report on it. Not
+    exposed over REST. Every piece of torch work (training a job, running an
+    export, serving generation) is a lease: a worker asks for one
+    (AcquireLease), heart-beats it, reports under it and ends it. Every call
+    carries the lease it acts under; a call under a lease that is no longer
+    current (expired, re-leased, finished) is refused with FAILED_PRECONDITION,
+    so a worker presumed dead can never write twice.
+
+    What a worker is told names blobs by key in the shared blob store and base
+    models by name, never by a local path: a worker needs only the control
+    plane's address, the blob store's URL and the base models.
     """
 
-    def StartAttempt(self, request, context):
-        """Reads what the leased attempt must do.
+    def AcquireLease(self, request, context):
+        """Leases the oldest waiting work of a kind the worker does, waiting up to
+        `wait_seconds` for some; an empty response means none came.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,35 +113,35 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportPlan(self, request, context):
-        """Reports the resolved plan once data is loaded.
+        """Training: reports the resolved plan once data is loaded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportEvent(self, request, context):
-        """Appends an event to the job's log.
+        """Appends an event to the log of the leased job or export.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportMetrics(self, request, context):
-        """Reports training metrics of a step; a step already reported is dropped.
+        """Training: metrics of a step; a step already reported is dropped.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportCheckpoint(self, request, context):
-        """Registers a checkpoint written to the blob store; idempotent per step.
+        """Training: registers a checkpoint written to the blob store; idempotent per step.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportResult(self, request, context):
-        """Ends the attempt with its outcome; the lease ends with it.
+        """Ends the lease with its outcome.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,10 +150,10 @@ class WorkerServiceServicer:
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'StartAttempt': grpc.unary_unary_rpc_method_handler(
-                    servicer.StartAttempt,
-                    request_deserializer=tunewire_dot_v1_dot_worker__pb2.StartAttemptRequest.FromString,
-                    response_serializer=tunewire_dot_v1_dot_worker__pb2.StartAttemptResponse.SerializeToString,
+            'AcquireLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireLease,
+                    request_deserializer=tunewire_dot_v1_dot_worker__pb2.AcquireLeaseRequest.FromString,
+                    response_serializer=tunewire_dot_v1_dot_worker__pb2.AcquireLeaseResponse.SerializeToString,
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
@@ -178,14 +194,21 @@ def add_WorkerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class WorkerService:
-    """Internal: how trainer processes report to the control plane. Not exposed
-    over REST. Every call carries the lease it acts under; a call under a lease
-    that is no longer current (expired, re-leased, job finished) is refused with
-    FAILED_PRECONDITION, so a worker presumed dead can never write twice.
+    """Internal: how workers take work from the control plane and report on it. Not
+    exposed over REST. Every piece of torch work (training a job, running an
+    export, serving generation) is a lease: a worker asks for one
+    (AcquireLease), heart-beats it, reports under it and ends it. Every call
+    carries the lease it acts under; a call under a lease that is no longer
+    current (expired, re-leased, finished) is refused with FAILED_PRECONDITION,
+    so a worker presumed dead can never write twice.
+
+    What a worker is told names blobs by key in the shared blob store and base
+    models by name, never by a local path: a worker needs only the control
+    plane's address, the blob store's URL and the base models.
     """
 
     @staticmethod
-    def StartAttempt(request,
+    def AcquireLease(request,
             target,
             options=(),
             channel_credentials=None,
@@ -198,9 +221,9 @@ class WorkerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/tunewire.v1.WorkerService/StartAttempt',
-            tunewire_dot_v1_dot_worker__pb2.StartAttemptRequest.SerializeToString,
-            tunewire_dot_v1_dot_worker__pb2.StartAttemptResponse.FromString,
+            '/tunewire.v1.WorkerService/AcquireLease',
+            tunewire_dot_v1_dot_worker__pb2.AcquireLeaseRequest.SerializeToString,
+            tunewire_dot_v1_dot_worker__pb2.AcquireLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -363,6 +386,132 @@ class WorkerService:
             '/tunewire.v1.WorkerService/ReportResult',
             tunewire_dot_v1_dot_worker__pb2.ReportResultRequest.SerializeToString,
             tunewire_dot_v1_dot_worker__pb2.ReportResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class InferenceServiceStub:
+    """Internal: generation, served by a long-lived inference worker that keeps
+    base models loaded and switches adapters per request. The control plane
+    resolves and checks each public Generate call, then streams this through.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Generate = channel.unary_stream(
+                '/tunewire.v1.InferenceService/Generate',
+                request_serializer=tunewire_dot_v1_dot_worker__pb2.InferenceServiceGenerateRequest.SerializeToString,
+                response_deserializer=tunewire_dot_v1_dot_models__pb2.GenerateResponse.FromString,
+                _registered_method=True)
+        self.UnloadAdapter = channel.unary_unary(
+                '/tunewire.v1.InferenceService/UnloadAdapter',
+                request_serializer=tunewire_dot_v1_dot_worker__pb2.UnloadAdapterRequest.SerializeToString,
+                response_deserializer=tunewire_dot_v1_dot_worker__pb2.UnloadAdapterResponse.FromString,
+                _registered_method=True)
+
+
+class InferenceServiceServicer:
+    """Internal: generation, served by a long-lived inference worker that keeps
+    base models loaded and switches adapters per request. The control plane
+    resolves and checks each public Generate call, then streams this through.
+    """
+
+    def Generate(self, request, context):
+        """Streams text from a target.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadAdapter(self, request, context):
+        """Unloads an adapter (its model was deleted) once no request uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_InferenceServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Generate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=tunewire_dot_v1_dot_worker__pb2.InferenceServiceGenerateRequest.FromString,
+                    response_serializer=tunewire_dot_v1_dot_models__pb2.GenerateResponse.SerializeToString,
+            ),
+            'UnloadAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadAdapter,
+                    request_deserializer=tunewire_dot_v1_dot_worker__pb2.UnloadAdapterRequest.FromString,
+                    response_serializer=tunewire_dot_v1_dot_worker__pb2.UnloadAdapterResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tunewire.v1.InferenceService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tunewire.v1.InferenceService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class InferenceService:
+    """Internal: generation, served by a long-lived inference worker that keeps
+    base models loaded and switches adapters per request. The control plane
+    resolves and checks each public Generate call, then streams this through.
+    """
+
+    @staticmethod
+    def Generate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tunewire.v1.InferenceService/Generate',
+            tunewire_dot_v1_dot_worker__pb2.InferenceServiceGenerateRequest.SerializeToString,
+            tunewire_dot_v1_dot_models__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunewire.v1.InferenceService/UnloadAdapter',
+            tunewire_dot_v1_dot_worker__pb2.UnloadAdapterRequest.SerializeToString,
+            tunewire_dot_v1_dot_worker__pb2.UnloadAdapterResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,213 @@
+"""Training work: run the recipe for one leased attempt and relay every callback under
+the lease. Data comes from the blob store; checkpoints and the final adapter go back to
+it, hashed here, so the control plane only records them."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from server.store.blobs import BlobStore
+from trainer import models
+from trainer.args import InvalidArgs, TrainArgs
+from trainer.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, list_checkpoints
+from trainer.recipe import Callbacks, RunInfo, train
+from trainer.worker.lease import Lease, Outcome, is_nan, struct
+from tunewire.v1 import checkpoints_pb2, common_pb2, jobs_pb2, worker_pb2
+
+log = logging.getLogger("tunewire.worker")
+
+# Fault injection for tests: "step:N" makes every attempt raise at step N.
+FAILPOINT = os.environ.get("TUNEWIRE_FAILPOINT", "")
+HP_FIELDS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+TARGETS = {1: "QV", 2: "QKVO", 3: "QKVO_FFN"}
+OUTCOMES = {
+    "succeeded": Outcome.OUTCOME_SUCCEEDED,
+    "cancelled": Outcome.OUTCOME_CANCELLED,
+    "paused": Outcome.OUTCOME_PAUSED,
+}
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where this worker finds things: the blob store, its base models, its scratch dir."""
+
+    blobs: BlobStore
+    models_dir: Path
+    scratch: Path
+
+    @property
+    def cache(self) -> Path:
+        """Downloads from a remote blob store (unused for a local one)."""
+        return self.scratch / "cache"
+
+
+def train_args(work: worker_pb2.TrainWork, place: Place, epoch: int) -> TrainArgs:
+    job, hp = work.job, work.job.hyperparameters
+    blobs, cache = place.blobs, place.cache
+    valid = work.validation_file if work.HasField("validation_file") else None
+    values: dict[str, Any] = {
+        "base_model": str(models.resolve_model(place.models_dir, work.base_model)),
+        # Blobs are stored without a suffix; the upload names tell text from JSONL.
+        "train_file": str(blobs.get_file(work.training_file.key, cache)),
+        "train_file_name": work.training_file.filename,
+        "validation_file": str(blobs.get_file(valid.key, cache)) if valid else None,
+        "validation_file_name": valid.filename if valid else "",
+        "output_dir": str(place.scratch / "jobs" / job.id / f"attempt-{epoch}"),
+        "seed": job.seed,
+        "resume_from": str(blobs.get_dir(work.resume_checkpoint, cache))
+        if work.resume_checkpoint
+        else None,
+    }
+    for name in HP_FIELDS:
+        values[name] = getattr(hp, name) if hp.HasField(name) else "auto"
+    for name in (
+        "lora_rank",
+        "lora_alpha",
+        "lora_dropout",
+        "early_stopping_patience",
+        "early_stopping_threshold",
+        "checkpoint_every_steps",
+    ):
+        if hp.HasField(name):
+            values[name] = getattr(hp, name)
+    if hp.target_modules:
+        values["target_modules"] = TARGETS[hp.target_modules]
+    return TrainArgs(**values)
+
+
+def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
+    """Train the leased attempt to its end and report the outcome (a lost lease ends it
+    without a word: the control plane has given the job to another attempt)."""
+    try:
+        args = train_args(work, place, lease.lease.epoch)
+    except ValueError as error:  # the models dir changed since the job was created
+        lease.fail("invalid_base_model", str(error), param="base_model")
+        return
+    blobs = place.blobs
+
+    def on_start(info: RunInfo) -> None:
+        resolved = jobs_pb2.Hyperparameters(
+            n_epochs=info.hyperparameters.n_epochs,
+            batch_size=info.hyperparameters.batch_size,
+            learning_rate_multiplier=info.hyperparameters.learning_rate_multiplier,
+            lora_rank=args.lora_rank,
+            lora_alpha=int(args.lora_alpha),
+            lora_dropout=args.lora_dropout,
+            target_modules={v: k for k, v in TARGETS.items()}[args.target_modules],
+        )
+        lease.call(
+            "ReportPlan",
+            hyperparameters=resolved,
+            total_steps=info.total_steps,
+            start_step=info.resumed_from_step,
+            seed=args.seed,
+        )
+
+    def on_metrics(
+        *, step: int, total_steps: int, epoch: float, tokens_trained: int, **metrics: float
+    ) -> None:
+        if FAILPOINT == f"step:{step}":
+            raise RuntimeError(f"failpoint {FAILPOINT} reached")
+        lease.call(
+            "ReportMetrics",
+            step=step,
+            total_steps=total_steps,
+            epoch=max(1, math.ceil(epoch)),
+            metrics=struct(metrics),
+            trained_tokens=tokens_trained,
+        )
+
+    def on_event(level: str, message: str, data: dict[str, Any]) -> None:
+        lease.event(message, data, level=level, key=f"event:{message}")
+
+    def on_validation(*, step: int, valid_loss: float, valid_mean_token_accuracy: float):
+        lease.event(
+            f"Step {step}: validation loss={valid_loss:.2f}, "
+            f"accuracy={valid_mean_token_accuracy:.2f}",
+            {
+                "step": step,
+                "valid_loss": valid_loss,
+                "valid_mean_token_accuracy": valid_mean_token_accuracy,
+            },
+            key=f"validation:{step}",
+        )
+
+    def on_checkpoint(*, step: int, epoch: float, path: Path, metrics: dict[str, float]):
+        # The whole checkpoint, for resuming on any worker; its adapter, for the model
+        # store, which keeps every registered checkpoint's adapter for good.
+        key = f"{work.checkpoint_prefix}/{path.name}"
+        blobs.put_dir(path, key)
+        adapter = f"{work.model_prefix}/ckpt-step-{step}"
+        files = blobs.put_dir(path, adapter, only=(ADAPTER_CONFIG, ADAPTER_WEIGHTS))
+        known = {f.name for f in checkpoints_pb2.Checkpoint.Metrics.DESCRIPTOR.fields}
+        lease.call(
+            "ReportCheckpoint",
+            step=step,
+            epoch=max(1, math.ceil(epoch)),
+            path=key,
+            metrics=checkpoints_pb2.Checkpoint.Metrics(
+                **{k: v for k, v in metrics.items() if k in known and not is_nan(v)}
+            ),
+            adapter=adapter,
+            adapter_artifacts=files,
+        )
+        _prune(blobs, work.checkpoint_prefix, path.parent)
+
+    try:
+        result = train(
+            args,
+            Callbacks(
+                on_start=on_start,
+                on_metrics=on_metrics,
+                on_event=on_event,
+                on_validation=on_validation,
+                on_checkpoint=on_checkpoint,
+                control=lease.control,
+            ),
+        )
+    except InvalidArgs as error:
+        field = error.problems[0].field if error.problems else ""
+        lease.fail("invalid_hyperparameters", str(error), param=field)
+        return
+    if lease.lost.is_set():
+        return
+    finished: dict[str, Any] = {}
+    if result.status == "succeeded" and result.adapter_dir is not None:
+        adapter = f"{work.model_prefix}/final"
+        finished["adapter_path"] = adapter
+        finished["artifacts"] = blobs.put_dir(result.adapter_dir, adapter)
+    if result.status == "succeeded" and result.metrics_csv is not None:
+        finished["metrics_csv"] = _put_file(blobs, result.metrics_csv, work.results_file)
+    lease.call(
+        "ReportResult",
+        outcome=OUTCOMES[result.status],
+        trained_tokens=result.trained_tokens,
+        **finished,
+    )
+
+
+def _put_file(blobs: BlobStore, source: Path, key: str) -> common_pb2.Artifact:
+    writer = blobs.writer(key)
+    try:
+        with open(source, "rb") as f:
+            while block := f.read(1 << 20):
+                writer.write(block)
+        writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
+    return common_pb2.Artifact(path=source.name, bytes=writer.size, sha256=writer.sha256)
+
+
+def _prune(blobs: BlobStore, prefix: str, local: Path) -> None:
+    """Drop the attempt's stored checkpoints that the recipe pruned locally (it keeps the
+    last few and the best): resuming needs only the newest."""
+    kept = {path.name for path in list_checkpoints(local)}
+    for key in blobs.list_dirs(prefix):
+        if key.rsplit("/", 1)[-1] not in kept:
+            blobs.delete(key)
