@@ -60,6 +60,8 @@ class ControlPlane:
     # resumed, an export queued, generation asked for), so wake waiting workers and make
     # sure the executor has one of that kind.
     on_work: Callable[[int], None] = lambda kind: None
+    # Set by the scheduler: a lease was granted, so its expiry is a new deadline to watch.
+    on_lease: Callable[[], None] = lambda: None
 
     @classmethod
     def open(cls, settings: Settings) -> ControlPlane:

@@ -41,6 +41,7 @@ class _Worker:
     kind: int
     process: Process
     started: float
+    killed: bool = False  # by us, for a lost lease
 
 
 class LocalExecutor:
@@ -127,11 +128,14 @@ class LocalExecutor:
         worker = self._workers[worker_id]
         code = await worker.process.wait()
         del self._workers[worker_id]
+        # Only a worker that dies young on its own, holding nothing, is failing to start
+        # (and is restarted later each time); one lost with its work is retried at once.
+        crashed = not worker.killed and worker_id not in self.plane.holding
         log.info("worker exited", extra={"fields": {"worker": worker_id, "code": code}})
         self.on_exit(worker_id, code)
         if self._stopping or not self._wanted(worker.kind):
             return
-        young = time.monotonic() - worker.started < YOUNG_SECONDS
+        young = crashed and time.monotonic() - worker.started < YOUNG_SECONDS
         self._young_deaths[worker.kind] = self._young_deaths[worker.kind] + 1 if young else 0
         delay = min(MAX_BACKOFF_SECONDS, 2.0 ** self._young_deaths[worker.kind] - 1)
         if self.count(worker.kind) < self.limits[worker.kind]:
@@ -159,6 +163,7 @@ class LocalExecutor:
             if held == lease:
                 del self.plane.holding[worker_id]
                 if (worker := self._workers.get(worker_id)) is not None:
+                    worker.killed = True
                     _kill_group(worker.process)
 
     async def shutdown(self) -> None:

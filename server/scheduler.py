@@ -37,6 +37,7 @@ class Scheduler:
             self._wake.set()
 
         plane.on_work = on_work
+        plane.on_lease = self._wake.set
 
     async def run(self) -> None:
         self._recover()

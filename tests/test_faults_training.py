@@ -384,7 +384,6 @@ def late_reports(job_id: str, epoch: int) -> dict[str, object]:
     lease = worker_pb2.Lease(job_id=job_id, epoch=epoch)
     late = "late report from a stopped trainer"
     return {
-        "StartAttempt": worker_pb2.StartAttemptRequest(lease=lease),
         "Heartbeat": worker_pb2.HeartbeatRequest(lease=lease),
         "ReportPlan": worker_pb2.ReportPlanRequest(lease=lease, total_steps=9, start_step=1),
         "ReportEvent": worker_pb2.ReportEventRequest(
@@ -394,7 +393,8 @@ def late_reports(job_id: str, epoch: int) -> dict[str, object]:
         "ReportCheckpoint": worker_pb2.ReportCheckpointRequest(
             lease=lease,
             step=10_000,
-            path="/nonexistent",
+            path="checkpoints/nonexistent",
+            adapter="models/nonexistent",
             metrics=checkpoints_pb2.Checkpoint.Metrics(),
         ),
         "ReportResult": worker_pb2.ReportResultRequest(

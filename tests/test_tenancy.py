@@ -30,7 +30,12 @@ import pytest
 from conftest import SAMPLE_CHAT, Failure, Org, Server, failure_of, launch
 from google.api import annotations_pb2, field_behavior_pb2
 from google.protobuf import message_factory
-from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.descriptor import (
+    Descriptor,
+    FieldDescriptor,
+    MethodDescriptor,
+    ServiceDescriptor,
+)
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
@@ -51,7 +56,9 @@ Code = grpc.StatusCode
 PUBLIC = [module.DESCRIPTOR.services_by_name[name] for module, name, _, _ in SERVICES]
 # Reads with no object in the request that list none: shared base models, the caller.
 NOT_LISTS = {"ListBaseModels", "GetCaller"}
-INTERNAL = {"tunewire.v1.WorkerService"}  # trainers only; answers no API key (tested below)
+INTERNAL = {"tunewire.v1.WorkerService"}  # workers only; answers no API key (tested below)
+# Served by inference workers at their own address, to the control plane alone.
+WORKER_SERVED = {"tunewire.v1.InferenceService"}
 MODULES = (auth_pb2, checkpoints_pb2, common_pb2, events_pb2, exports_pb2, files_pb2, jobs_pb2)
 MODULES += (models_pb2, worker_pb2)
 RPCS = [method for service in PUBLIC for method in service.methods]
@@ -144,11 +151,12 @@ def serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
 
-def call(srv: Server, method: MethodDescriptor, request: Message, metadata) -> Any:
-    """Call any RPC (draining server streams; one message for client streams)."""
+def call(srv: Server, method: MethodDescriptor, request: Message, metadata, channel=None) -> Any:
+    """Call any RPC (draining server streams; one message for client streams), on the
+    server's default connection (one for the module's many calls) unless given another."""
     path = f"/{method.containing_service.full_name}/{method.name}"
     parse = message_factory.GetMessageClass(method.output_type).FromString
-    channel = srv.default.client.channel  # one connection for the module's many calls
+    channel = channel or srv.default.client.channel
     kwargs = {"request_serializer": serialize, "response_deserializer": parse}
     if method.client_streaming:
         return channel.stream_unary(path, **kwargs)(iter([request]), metadata=metadata, timeout=30)
@@ -157,9 +165,11 @@ def call(srv: Server, method: MethodDescriptor, request: Message, metadata) -> A
     return channel.unary_unary(path, **kwargs)(request, metadata=metadata, timeout=30)
 
 
-def outcome(srv: Server, method: MethodDescriptor, request: Message, metadata) -> Failure | None:
+def outcome(
+    srv: Server, method: MethodDescriptor, request: Message, metadata, channel=None
+) -> Failure | None:
     try:
-        call(srv, method, request, metadata)
+        call(srv, method, request, metadata, channel)
     except grpc.RpcError as error:
         return failure_of(error)
     return None
@@ -277,7 +287,7 @@ def test_every_service_is_public_or_internal_and_every_rpc_is_covered() -> None:
         for module in MODULES
         for service in module.DESCRIPTOR.services_by_name.values()
     }
-    assert declared == {s.full_name for s in PUBLIC} | INTERNAL
+    assert declared == {s.full_name for s in PUBLIC} | INTERNAL | WORKER_SERVED
     for method in RPCS:
         references = reference_fields(method)
         if references or http_verb(method) == "get":
@@ -391,17 +401,48 @@ def test_every_rpc_refuses_missing_wrong_and_revoked_keys(
         assert answers[0].message == answers[1].message
 
 
-def test_the_trainer_service_answers_no_api_key(world: World) -> None:
-    (service,) = [
-        s
-        for m in MODULES
-        for s in m.DESCRIPTOR.services_by_name.values()
-        if s.full_name in INTERNAL
+def services(names: set[str]) -> list[ServiceDescriptor]:
+    return [
+        s for m in MODULES for s in m.DESCRIPTOR.services_by_name.values() if s.full_name in names
     ]
+
+
+def test_the_worker_service_answers_no_api_key(world: World) -> None:
+    (service,) = services(INTERNAL)
     for method in service.methods:
         request = message_factory.GetMessageClass(method.input_type)()
         answer = outcome(world.srv, method, request, bearer(world.victim))
         assert answer is not None and answer.code == Code.UNAUTHENTICATED, (method.name, answer)
+
+
+def test_the_control_plane_serves_no_inference(world: World) -> None:
+    (service,) = services(WORKER_SERVED)
+    for method in service.methods:
+        request = message_factory.GetMessageClass(method.input_type)()
+        answer = outcome(world.srv, method, request, bearer(world.victim))
+        assert answer is not None and answer.code == Code.UNIMPLEMENTED, (method.name, answer)
+
+
+def test_an_inference_worker_answers_only_its_control_plane(world: World, tmp_path: Path) -> None:
+    from server.store.blobs import BlobStore
+    from trainer.worker import serve
+    from trainer.worker.train import Place
+
+    token = secrets.token_urlsafe(16)
+    place = Place(BlobStore(str(tmp_path / "blobs")), world.srv.home / "models", tmp_path)
+    server, address = serve.start(place, token, "127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(address) as channel:
+            for method in services(WORKER_SERVED)[0].methods:
+                request = message_factory.GetMessageClass(method.input_type)()
+                for metadata in (bearer(world.victim), [], [("authorization", "Bearer wrong")]):
+                    answer = outcome(world.srv, method, request, metadata, channel)
+                    assert answer is not None and answer.code == Code.UNAUTHENTICATED, (
+                        method.name,
+                        metadata,
+                    )
+    finally:
+        server.stop(None)
 
 
 def test_keys_are_stored_hashed(world: World) -> None:

@@ -121,6 +121,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             reply = self._try_lease(worker, kinds)
             if reply is not None:
                 self.plane.holding[worker.id] = reply.lease
+                self.plane.on_lease()
                 reply.heartbeat_seconds = self.plane.settings.heartbeat_seconds
                 return reply
             left = deadline - time.monotonic()
