@@ -103,6 +103,14 @@ async def serve(settings: Settings, companions: Sequence[Companion] = ()) -> Non
     local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]") else settings.host
     scheduler = Scheduler(plane, f"{local}:{port}")
     scheduling = asyncio.create_task(scheduler.run())
+
+    def scheduler_ended(task: asyncio.Task) -> None:
+        # Without its scheduler no lease is ever taken back: stop rather than limp on.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the scheduler failed", exc_info=task.exception())
+            stop.set()
+
+    scheduling.add_done_callback(scheduler_ended)
     beside = [asyncio.create_task(companion(f"{local}:{port}")) for companion in companions]
 
     await stop.wait()

@@ -133,7 +133,7 @@ class LocalExecutor:
         crashed = not worker.killed and worker_id not in self.plane.holding
         log.info("worker exited", extra={"fields": {"worker": worker_id, "code": code}})
         self.on_exit(worker_id, code)
-        if self._stopping or not self._wanted(worker.kind):
+        if self._stopping or not self.wanted(worker.kind):
             return
         young = crashed and time.monotonic() - worker.started < YOUNG_SECONDS
         self._young_deaths[worker.kind] = self._young_deaths[worker.kind] + 1 if young else 0
@@ -142,9 +142,9 @@ class LocalExecutor:
             self._starting[worker.kind] += 1
             self._track(self._start(worker.kind, delay))
 
-    def _wanted(self, kind: int) -> bool:
-        """Whether a worker of `kind` that died should be replaced now: training workers
-        always are (they stay warm); the others when work of theirs waits."""
+    def wanted(self, kind: int) -> bool:
+        """Whether workers of `kind` should run now: training workers always (they stay
+        warm); the others while work of theirs waits."""
         if kind == Kind.KIND_TRAIN:
             return True
         if kind == Kind.KIND_EXPORT:

@@ -41,8 +41,9 @@ class Scheduler:
 
     async def run(self) -> None:
         self._recover()
-        self.executor.ensure(Kind.KIND_TRAIN)
-        self.executor.ensure(Kind.KIND_EXPORT, only_if_waiting=True)
+        for kind in (Kind.KIND_TRAIN, Kind.KIND_EXPORT):
+            if self.executor.wanted(kind):
+                self.executor.ensure(kind)
         while True:
             self._wake.clear()
             self._expire_leases()
