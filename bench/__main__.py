@@ -36,11 +36,24 @@ from bench.harness import (
     machine,
 )
 
-BENCHMARKS = ["training", "service", "fanout", "store", "uploads", "validation", "bridge", "onnx"]
+BENCHMARKS = [
+    "training",
+    "service",
+    "queue",
+    "latency",
+    "fanout",
+    "store",
+    "uploads",
+    "validation",
+    "bridge",
+    "onnx",
+]
 SLOWEST_FIRST = [
     "onnx",
     "training",
     "service",
+    "queue",
+    "latency",
     "bridge",
     "fanout",
     "uploads",

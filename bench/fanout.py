@@ -69,7 +69,7 @@ def run(ctx: Context) -> Section:
             path.write_bytes(sample.read_bytes())
             say("server up")
             uploaded = client.upload(path, files_pb2.File.PURPOSE_FINE_TUNE)
-            # The server imports torch on its first model lookup: not a watcher's cost.
+            # The first model lookup reads the models dir: not a watcher's cost.
             client.models.ListBaseModels(
                 models_pb2.ListBaseModelsRequest(), metadata=client.metadata, timeout=120
             )

@@ -3,6 +3,7 @@ the way tests/conftest.py starts them: a fresh home, a free port, the ready line
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -60,10 +61,16 @@ def _wait_for(pattern: re.Pattern[str], log: Path, process: subprocess.Popen) ->
 
 @contextmanager
 def tunewire_up(
-    home: Path, models_dir: Path | None, threads: int, **settings: str
+    home: Path,
+    models_dir: Path | None,
+    threads: int,
+    checkout: Path | None = None,
+    **settings: str,
 ) -> Iterator[Server]:
     """A control plane on a free port with a fresh home; SIGTERM and cleanup afterwards.
-    `settings` are TUNEWIRE_* variables without the prefix, e.g. max_running_jobs="1"."""
+    `settings` are TUNEWIRE_* variables without the prefix, e.g. max_running_jobs="1".
+    `checkout`: an older source tree of Tunewire (`old_checkout`) to run instead of this
+    one, with this environment's packages: a baseline of the same service."""
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     log = home.parent / f"{home.name}.log"
@@ -71,11 +78,16 @@ def tunewire_up(
     if models_dir is not None:
         env["TUNEWIRE_MODELS_DIR_OVERRIDE"] = str(models_dir)
     env.update({f"TUNEWIRE_{k.upper()}": v for k, v in settings.items()})
+    command = [*_tunewire(), "up", "--grpc-port", "0"]
+    if checkout is not None:
+        # Its own packages first, on every process it starts (its trainers too).
+        env["PYTHONPATH"] = os.pathsep.join([str(checkout), str(checkout / "protos")])
+        command = [sys.executable, "-m", "server", "up", "--grpc-port", "0"]
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [*_tunewire(), "up", "--grpc-port", "0"],
+            command,
             env=env,
-            cwd=REPO,
+            cwd=checkout or REPO,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -89,6 +101,30 @@ def tunewire_up(
     finally:
         _stop(process)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def old_checkout(commit: str, into: Path) -> Path | None:
+    """This repository's tree at `commit`, unpacked under `into` (kept between runs);
+    None when the clone lacks that commit (a shallow clone)."""
+    tree = into / commit
+    if (tree / "server").is_dir():
+        return tree
+    found = subprocess.run(
+        ["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"],
+        capture_output=True,
+        check=False,
+    )
+    if found.returncode != 0:
+        return None
+    staging = into / f".{commit}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(staging)], input=archive, check=True)
+    staging.rename(tree)
+    return tree
 
 
 @contextmanager

@@ -7,9 +7,9 @@ Timed on the client's clock: CreateJob sent -> first metrics event received ("fi
 step"), and -> the SUCCEEDED state event received ("whole job"); in-process: train()
 called -> first on_metrics, and -> train() returned. The breakdown comes from the
 events' server-side create_time (same machine clock). The file is uploaded once, before
-timing. Warm-ups first: a base-model lookup (the server imports torch on its first, a
-once-per-process cost) and one in-process run; every service job then starts its own
-trainer process, as it always does.
+timing. Warm-ups first: one in-process run (this process's first train() loads lazily);
+the service's training worker is long-lived, started with the control plane, so each job
+is leased by a worker that imported torch before it asked for work, as it always is.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ HYPERPARAMETERS = {"n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": 1
 SEED = 42
 MARKS = (
     ("Fine-tuning job started", "leased"),
-    ("Trainer process started", "spawned"),
     ("Training plan", "planned"),
 )
 
@@ -49,7 +48,7 @@ def run(ctx: Context) -> Section:
     import grpc
 
     from bridge.cli.client import Client
-    from tunewire.v1 import files_pb2, models_pb2
+    from tunewire.v1 import files_pb2
 
     say = log(NAME)
     shape = ctx.scale(workload.BENCH_MODEL, workload.QUICK_MODEL)
@@ -71,12 +70,7 @@ def run(ctx: Context) -> Section:
             }
             if not ctx.quick:  # a third torch import: too slow for CI
                 variants["script"] = lambda: _script(model_dir, train_file, ctx)
-            # Warm-ups: the server imports torch on its first base-model lookup (a
-            # once-per-process cost), and this process's first train() loads lazily.
-            client.models.ListBaseModels(
-                models_pb2.ListBaseModelsRequest(), metadata=client.metadata, timeout=120
-            )
-            if not ctx.quick:
+            if not ctx.quick:  # this process's first train() loads lazily
                 _in_process(model_dir, train_file, ctx.work)
             samples = interleaved(variants, ctx.repeats, warmup=0, log=say)
         except grpc.RpcError as error:
@@ -126,8 +120,7 @@ def _through_service(client: Any, base_model: str, file_id: str) -> dict[str, fl
         "first_step": metrics[0][1] - sent,
         "whole_job": marks["done"] - sent,
         "submit_to_lease": marks["leased"] - sent,
-        "lease_to_spawn": marks["spawned"] - marks["leased"],
-        "spawn_to_plan": marks["planned"] - marks["spawned"],
+        "lease_to_plan": marks["planned"] - marks["leased"],
         "plan_to_first_step": metrics[0][0] - marks["planned"],
         "loop": metrics[-1][0] - metrics[0][0],
         "last_step_to_done": marks["done_server"] - metrics[-1][0],
@@ -150,7 +143,7 @@ def _in_process(model_dir: Path, train_file: Path, work: Path) -> dict[str, floa
     with tempfile.TemporaryDirectory(dir=work) as output:
         started = time.time()
         result = train(
-            _train_args(model_dir, train_file, output),
+            train_args(model_dir, train_file, output),
             Callbacks(on_start=on_start, on_metrics=on_metrics),
         )
         done = time.time()
@@ -167,8 +160,11 @@ def _in_process(model_dir: Path, train_file: Path, work: Path) -> dict[str, floa
     }
 
 
-def _train_args(model_dir: Path, train_file: Path, output: str) -> Any:
-    """What server.worker.train_args builds for the job: every other field defaulted."""
+def train_args(
+    model_dir: Path, train_file: Path, output: str, seed: int = SEED, **hyperparameters: Any
+) -> Any:
+    """What trainer.worker.train.train_args builds for the job: every other field
+    defaulted (this benchmark's hyperparameters unless given)."""
     from trainer.args import TrainArgs
 
     return TrainArgs(
@@ -176,8 +172,8 @@ def _train_args(model_dir: Path, train_file: Path, output: str) -> Any:
         train_file=str(train_file),
         train_file_name="train.jsonl",
         output_dir=output,
-        seed=SEED,
-        **HYPERPARAMETERS,
+        seed=seed,
+        **(hyperparameters or HYPERPARAMETERS),
     )
 
 
@@ -186,9 +182,9 @@ import json, sys, time
 started = float(sys.argv[1])
 from pathlib import Path
 from trainer.recipe import Callbacks, train
-from bench.service import _train_args
+from bench.service import train_args
 steps = []
-result = train(_train_args(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]),
+result = train(train_args(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]),
                Callbacks(on_metrics=lambda **_: steps.append(time.time())))
 print(json.dumps({"first_step": steps[0] - started, "status": result.status}), flush=True)
 """
@@ -232,7 +228,7 @@ def _section(
         f"benchmark Llama ({shape.key}), {train_file.name.split('-')[1][1:]} synthetic chat "
         f"examples, {HYPERPARAMETERS['n_epochs']} epoch, batch "
         f"{HYPERPARAMETERS['batch_size']}, {int(med['service']['steps'])} steps, seed {SEED}; "
-        "TrainArgs exactly as server.worker builds them (torch threads: the recipe's "
+        "TrainArgs exactly as the worker builds them (torch threads: the recipe's "
         "default, 1 for models under 100M parameters, on both sides).",
         "Service: a real `tunewire up` (max_running_jobs 1, default heartbeat 2 s), the file "
         "uploaded once; CreateJob, then StreamJobEvents on the same sync gRPC channel until "
@@ -306,18 +302,11 @@ def _section(
             higher_is_better=False,
         ),
         Figure(
-            "lease -> trainer process spawned",
-            med["service"]["lease_to_spawn"],
-            None,
-            "s",
-            higher_is_better=False,
-        ),
-        Figure(
-            "spawned -> training plan (imports, StartAttempt, model + data load)",
-            med["service"]["spawn_to_plan"],
+            "lease -> training plan (the worker loads model + data)",
+            med["service"]["lease_to_plan"],
             med["in_process"]["call_to_plan"],
             "s",
-            "in-process: call -> on_start (model + data load only)",
+            "in-process: call -> on_start (model + data load)",
             higher_is_better=False,
         ),
         Figure(
@@ -337,13 +326,13 @@ def _section(
     )
     if med["script"]["whole_job"] is not None:
         section.summary += f" A fresh-process script takes {med['script']['whole_job']:.1f} s."
-    spawn = med["service"]["spawn_to_plan"] - med["in_process"]["call_to_plan"]
+    load = med["service"]["lease_to_plan"] - med["in_process"]["call_to_plan"]
     section.notes = [
-        f"Where the overhead goes: {spawn:.2f} s is the trainer process importing torch, "
-        "transformers and peft and asking for its assignment before it can load the model "
-        f"(spawned -> plan minus the in-process model + data load); scheduling and spawning "
-        f"take {med['service']['submit_to_lease'] + med['service']['lease_to_spawn']:.2f} s;"
-        f" the end of the job (checkpoint adapter copies, result report) adds "
+        f"Where the overhead goes: the long-lived worker (torch imported before it asks for "
+        f"work) takes {load:.2f} s longer than in-process from its lease to its plan "
+        "(fetching the file from the blob store, reporting the plan); scheduling takes "
+        f"{med['service']['submit_to_lease']:.2f} s; the end of the job (adapter uploads, "
+        "result report, model registered) adds "
         f"{med['service']['last_step_to_done'] - med['in_process']['last_step_to_done']:.2f}"
         " s.",
     ]

@@ -4,6 +4,7 @@ memorization set, then Generate, exports (merged and ONNX), artifact downloads a
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -41,6 +42,9 @@ def service(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Itera
         root / "logs",
         TUNEWIRE_MAX_RUNNING_JOBS="1",
         OMP_NUM_THREADS="1",
+        # Python reports every module as it imports it (on stderr, the control plane's
+        # own: workers log to files of their own), so the last test can see which ran.
+        PYTHONPROFILEIMPORTTIME="1",
     )
     srv.other = srv.new_org("other")
     try:
@@ -394,3 +398,17 @@ def test_a_stop_mid_export_is_clean_and_the_export_fails_as_interrupted(
     finally:
         assert again.terminate() == 0, again.stderr
         again.kill()
+
+
+# Everything that runs a model, and what only model code needs.
+MODEL_RUNTIMES = {"torch", "transformers", "peft", "onnxruntime", "onnx", "onnxscript"}
+IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \| ( *)(\S+)$", re.MULTILINE)
+
+
+def test_the_control_plane_never_imported_a_model_runtime(service: Server) -> None:
+    # After this module trained, generated (checkpoints, final, ONNX), exported and ran the
+    # CLI against it: all of that ran in workers.
+    stderr = service.stderr_path.read_text()
+    imported = {name for _, name in IMPORTED.findall(stderr)}
+    assert "grpc" in imported and "server.app" in imported  # the report is there
+    assert not {name.split(".")[0] for name in imported} & MODEL_RUNTIMES
