@@ -328,7 +328,27 @@ def _parse_into(values: dict[str, Any], message: Message, field: str) -> None:
     try:
         json_format.ParseDict(values, message)
     except json_format.ParseError as error:
-        raise ApiError.invalid([(field or "body", str(error))]) from None
+        path, reason = _parse_error(str(error))
+        named = ".".join(filter(None, (field, path))) or "body"
+        raise ApiError.invalid([(named, reason)]) from None
+
+
+# json_format names the bad field as `... at Job.hyperparameters.n_epochs.`, or only as a
+# chain of `Failed to parse hyperparameters field: Failed to parse n_epochs field: ...`.
+PARSE_AT = re.compile(r" at [A-Za-z0-9_]+\.([\w.]+?)\.*$")
+PARSE_FIELD = re.compile(r"Failed to parse (\w+) field: ")
+UNKNOWN_FIELD = re.compile(r'has no field named "(\w+)"')
+
+
+def _parse_error(message: str) -> tuple[str, str]:
+    """(the bad field's path below the parsed message, why) from a ParseError's text."""
+    chain = PARSE_FIELD.findall(message)
+    reason = PARSE_FIELD.sub("", message)
+    if unknown := UNKNOWN_FIELD.search(reason):
+        return ".".join([*chain, unknown.group(1)]), f"unknown field {unknown.group(1)!r}"
+    if at := PARSE_AT.search(reason):
+        return at.group(1), reason[: at.start()]
+    return ".".join(chain), reason.rstrip(".")
 
 
 def _resolve(descriptor: Descriptor, dotted: str) -> list[FieldDescriptor]:

@@ -15,6 +15,7 @@ import sqlite_utils
 
 from server.events import EventLog
 from server.ids import new_id, now, timestamp
+from server.states import FINAL_EXPORT_STATES, export_state_name
 from server.store import records
 from tunewire.v1 import events_pb2, exports_pb2
 
@@ -22,11 +23,6 @@ Export = exports_pb2.Export
 Event = events_pb2.Event
 FORMATS = (Export.FORMAT_MERGED_SAFETENSORS, Export.FORMAT_ONNX)
 UNFINISHED = (Export.STATE_QUEUED, Export.STATE_RUNNING)
-FINAL = (Export.STATE_SUCCEEDED, Export.STATE_FAILED)
-
-
-def state_name(state: int) -> str:
-    return Export.State.Name(state).removeprefix("STATE_").lower()
 
 
 def output_key(export_id: str) -> str:
@@ -68,7 +64,7 @@ def transition(
 ) -> None:
     """Save `export` in `state` with its TYPE_STATE event; in a write transaction."""
     export.state = state
-    if state in FINAL:
+    if state in FINAL_EXPORT_STATES:
         export.finish_time.CopyFrom(timestamp(now()))
         columns.setdefault("lease_expires_at", None)
     save(db, export, org, **columns)
@@ -77,7 +73,7 @@ def transition(
         message,
         level=level,
         type=Event.TYPE_STATE,
-        data={"state": state_name(state), **(data or {})},
+        data={"state": export_state_name(state), **(data or {})},
     )
 
 

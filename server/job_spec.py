@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import sqlite_utils
 
 from server.errors import InvalidArgument, Unimplemented
+from trainer.hyperparameters import TABLE
 from tunewire.v1 import files_pb2, jobs_pb2
 
 Job = jobs_pb2.Job
@@ -21,46 +22,14 @@ MIN_EXAMPLES = 10  # OpenAI's minimum; documents (text) are chunked, so exempt
 MAX_METADATA = 16
 MAX_REQUEST_ID = 128
 
-# field -> (low, high, low inclusive, high inclusive)
-RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "n_epochs": (1, 50, True, True),
-    "batch_size": (1, 256, True, True),
-    "learning_rate_multiplier": (0, 100, False, True),
-    "beta": (0, 2, False, True),
-    "lora_rank": (1, 256, True, True),
-    "lora_alpha": (1, 1024, True, True),
-    "lora_dropout": (0, 1, True, False),
-    "early_stopping_patience": (0, 100, True, True),
-    "early_stopping_threshold": (0, 1, True, True),
-    "checkpoint_every_steps": (0, 1_000_000, True, True),
-}
-
-
-def _number(value: float) -> str:
-    # `:g` alone writes 1000000 as 1e+06, and 1000001 as 1e+06 too.
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def _range_text(low: float, high: float, low_in: bool, high_in: bool) -> str:
-    return f"{'[' if low_in else '('}{_number(low)}, {_number(high)}{']' if high_in else ')'}"
-
 
 def check_hyperparameters(hp: jobs_pb2.Hyperparameters) -> list[tuple[str, str]]:
-    problems = []
-    for name, (low, high, low_in, high_in) in RANGES.items():
-        if not hp.HasField(name):
-            continue  # unset means "auto"
-        value = getattr(hp, name)
-        above = value > low if not low_in else value >= low
-        below = value < high if not high_in else value <= high
-        if not (above and below):
-            problems.append(
-                (
-                    f"job.hyperparameters.{name}",
-                    f"{_number(value)} is out of range {_range_text(low, high, low_in, high_in)}",
-                )
-            )
-    return problems
+    """Each set field against its row of the one table (unset means its default)."""
+    return [
+        (f"job.hyperparameters.{row.name}", problem)
+        for row in TABLE
+        if hp.HasField(row.name) and (problem := row.problem(getattr(hp, row.name)))
+    ]
 
 
 def check_metadata(metadata: Mapping[str, str]) -> list[tuple[str, str]]:

@@ -11,13 +11,13 @@ import sqlite_utils
 from server.errors import FailedPrecondition, NotFound
 from server.events import EventLog
 from server.ids import now, timestamp
+from server.states import FINAL_JOB_STATES, job_state_name
 from tunewire.v1 import common_pb2, events_pb2, jobs_pb2, worker_pb2
 
 Job = jobs_pb2.Job
 Event = events_pb2.Event
 
-FINAL_STATES = frozenset({Job.STATE_SUCCEEDED, Job.STATE_FAILED, Job.STATE_CANCELLED})
-FINAL_STATES_SQL = ",".join(str(int(s)) for s in sorted(FINAL_STATES))
+FINAL_STATES_SQL = ",".join(str(int(s)) for s in sorted(FINAL_JOB_STATES))
 
 ALLOWED: dict[int, frozenset[int]] = {
     Job.STATE_VALIDATING_FILES: frozenset({Job.STATE_QUEUED, Job.STATE_FAILED}),
@@ -43,11 +43,6 @@ ALLOWED: dict[int, frozenset[int]] = {
     ),
     Job.STATE_PAUSED: frozenset({Job.STATE_QUEUED, Job.STATE_CANCELLED}),
 }
-
-
-def state_name(state: int) -> str:
-    """`running`, `succeeded`, ...: the OpenAI spelling."""
-    return Job.State.Name(state).removeprefix("STATE_").lower()
 
 
 def load(db: sqlite_utils.Database, job_id: str, org: str | None = None) -> Job:
@@ -95,9 +90,9 @@ def transition(
 ) -> Job:
     """Move `job` to `state`, save it and append its state event; in a write transaction."""
     if state not in ALLOWED.get(job.state, frozenset()):
-        raise FailedPrecondition(f"job {job.id!r} is {state_name(job.state)}")
+        raise FailedPrecondition(f"job {job.id!r} is {job_state_name(job.state)}")
     job.state = state
-    if state in FINAL_STATES:
+    if state in FINAL_JOB_STATES:
         job.finish_time.CopyFrom(timestamp(now()))
         job.ClearField("estimated_finish")
     save(db, job, **columns)
@@ -106,7 +101,7 @@ def transition(
         message,
         level=level,
         type=Event.TYPE_STATE,
-        data={"state": state_name(state), **(data or {})},
+        data={"state": job_state_name(state), **(data or {})},
     )
     return job
 

@@ -61,7 +61,8 @@ def test_validation_reports_every_problem_naming_its_field(tmp_path: Path) -> No
         "seed",
         "keep_checkpoints",
     ]
-    assert "n_epochs: must be an integer in [1, 100] or 'auto'" in str(raised.value)
+    assert "n_epochs: 0 is out of range [1, 50]" in str(raised.value)
+    assert "batch_size: 'big' is not a number" in str(raised.value)
     assert isinstance(raised.value, ValueError)
 
 

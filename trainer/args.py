@@ -8,12 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-Auto = Literal["auto"]
+from trainer.hyperparameters import AUTO, BASE_LEARNING_RATE, BY_NAME, TABLE, TARGET_MODULES, Auto
+
 TargetPreset = Literal["QV", "QKVO", "QKVO_FFN"]
 Schedule = Literal["linear", "cosine"]
 
-TARGET_PRESETS: tuple[str, ...] = ("QV", "QKVO", "QKVO_FFN")
 SCHEDULES: tuple[str, ...] = ("linear", "cosine")
+# The job's hyperparameters that a supervised run takes (DPO's beta is not one).
+JOB_HYPERPARAMETERS = tuple(hp for hp in TABLE if not hp.method)
+
+
+def _default(name: str) -> Any:
+    return BY_NAME[name].default
 
 
 @dataclass(frozen=True)
@@ -65,25 +71,22 @@ class TrainArgs:
     validation_file_name: str = ""
     """Likewise for `validation_file`."""
 
-    n_epochs: int | Auto = "auto"
-    """Passes over the training data, or "auto" (see `resolve_auto`)."""
-    batch_size: int | Auto = "auto"
-    """Sequences per micro-batch, or "auto". Each optimizer step sees
-    `batch_size * gradient_accumulation_steps` sequences."""
-    learning_rate_multiplier: float | Auto = "auto"
-    """Scales `base_learning_rate`, as in OpenAI's API, or "auto"."""
-    base_learning_rate: float = 2e-4
-    """Peak learning rate at multiplier 1; 2e-4 is the usual LoRA learning rate."""
-
-    lora_rank: int = 8
-    """Rank r of the LoRA matrices."""
-    lora_alpha: int = 16
-    """LoRA scaling numerator: the update is scaled by alpha / r."""
-    lora_dropout: float = 0.05
-    """Dropout on the LoRA input during training."""
+    # The job's hyperparameters: their ranges, defaults and documentation are declared
+    # once, in trainer/hyperparameters.py ("auto" is resolved by `resolve_auto`).
+    n_epochs: int | Auto = _default("n_epochs")
+    batch_size: int | Auto = _default("batch_size")
+    learning_rate_multiplier: float | Auto = _default("learning_rate_multiplier")
+    lora_rank: int = _default("lora_rank")
+    lora_alpha: int = _default("lora_alpha")
+    lora_dropout: float = _default("lora_dropout")
+    early_stopping_patience: int = _default("early_stopping_patience")
+    early_stopping_threshold: float = _default("early_stopping_threshold")
+    checkpoint_every_steps: int = _default("checkpoint_every_steps")
     target_modules: TargetPreset = "QV"
-    """Which projections get adapters: QV, QKVO (all attention) or QKVO_FFN (attention + MLP)."""
+    """Which projections get adapters: one of `trainer.hyperparameters.TARGET_MODULES`."""
 
+    base_learning_rate: float = BASE_LEARNING_RATE
+    """Peak learning rate at multiplier 1."""
     warmup_ratio: float = 0.1
     """Fraction of the optimizer steps spent warming the learning rate up linearly from 0."""
     lr_schedule: Schedule = "linear"
@@ -108,14 +111,8 @@ class TrainArgs:
 
     eval_every_steps: int = 0
     """Validate every N optimizer steps; 0 validates only at checkpoints and epoch ends."""
-    checkpoint_every_steps: int = 0
-    """Write a checkpoint every N optimizer steps; 0 writes one only at each epoch end."""
     keep_checkpoints: int = 3
     """How many of the most recent checkpoints to keep (the best one is always kept too)."""
-    early_stopping_patience: int = 0
-    """Stop after this many validations without improvement; 0 disables early stopping."""
-    early_stopping_threshold: float = 0.0
-    """An improvement is a valid_loss below the best so far by more than this."""
     log_every_steps: int = 1
     """Report train metrics through `Callbacks.on_metrics` every N optimizer steps."""
     resume_from: str | None = None
@@ -165,25 +162,10 @@ class TrainArgs:
                 f"{self.resume_from!r} is not a checkpoint directory",
             )
 
-        check(
-            _auto_or_int(self.n_epochs, 1, 100),
-            "n_epochs",
-            "must be an integer in [1, 100] or 'auto'",
-        )
-        check(
-            _auto_or_int(self.batch_size, 1, 1024),
-            "batch_size",
-            "must be an integer in [1, 1024] or 'auto'",
-        )
-        check(
-            self.learning_rate_multiplier == "auto"
-            or (
-                _is_number(self.learning_rate_multiplier)
-                and 0 < self.learning_rate_multiplier <= 100
-            ),
-            "learning_rate_multiplier",
-            "must be a number in (0, 100] or 'auto'",
-        )
+        for hp in JOB_HYPERPARAMETERS:
+            value = getattr(self, hp.name)
+            if value != AUTO or hp.default != AUTO:
+                check(hp.allows(value), hp.name, hp.problem(value) or "")
         check(
             _is_number(self.base_learning_rate) and 0 < self.base_learning_rate < 1,
             "base_learning_rate",
@@ -191,20 +173,9 @@ class TrainArgs:
         )
 
         check(
-            _is_int(self.lora_rank) and 1 <= self.lora_rank <= 1024,
-            "lora_rank",
-            "must be an integer in [1, 1024]",
-        )
-        check(_is_number(self.lora_alpha) and self.lora_alpha > 0, "lora_alpha", "must be > 0")
-        check(
-            _is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1,
-            "lora_dropout",
-            "must be in [0, 1)",
-        )
-        check(
-            self.target_modules in TARGET_PRESETS,
+            self.target_modules in TARGET_MODULES,
             "target_modules",
-            f"must be one of {', '.join(TARGET_PRESETS)}",
+            f"must be one of {', '.join(TARGET_MODULES)}",
         )
 
         check(
@@ -241,8 +212,6 @@ class TrainArgs:
 
         for name in (
             "eval_every_steps",
-            "checkpoint_every_steps",
-            "early_stopping_patience",
             "cpu_threads",
         ):
             check(
@@ -260,11 +229,6 @@ class TrainArgs:
             "log_every_steps",
             "must be an integer >= 1",
         )
-        check(
-            _is_number(self.early_stopping_threshold) and self.early_stopping_threshold >= 0,
-            "early_stopping_threshold",
-            "must be >= 0",
-        )
         return found
 
     def validate(self) -> None:
@@ -274,18 +238,8 @@ class TrainArgs:
 
     def resolve_auto(self, n_examples: int, n_tokens: int) -> Hyperparameters:
         """Replace each "auto" with a value from the dataset's size (OpenAI's published rule,
-        adapted to LoRA on one device). `n_examples` counts training sequences, `n_tokens`
-        their tokens.
-
-        - n_epochs: 3, raised so small datasets are seen at least 100 times in all
-          (`100 // n_examples`, at most 25) and lowered so big ones stop near 25,000
-          examples seen (`25000 // n_examples`, at least 1).
-        - batch_size: 0.2% of the examples, clamped to [1, 8], then halved while a batch
-          would hold more than 16,384 tokens on average (memory stays bounded on long data).
-        - learning_rate_multiplier: square-root scaling with the effective batch
-          (`batch_size * gradient_accumulation_steps`), 1.0 at 4, clamped to [0.5, 2.0],
-          rounded to 2 decimals: larger batches average out noise and take larger steps.
-        """
+        adapted to LoRA on one device), as each row's `auto` in trainer/hyperparameters.py
+        says. `n_examples` counts training sequences, `n_tokens` their tokens."""
         if self.n_epochs != "auto":
             n_epochs = int(self.n_epochs)
         elif n_examples * 3 < 100:
@@ -327,7 +281,3 @@ def _is_int(value: object) -> bool:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _auto_or_int(value: object, low: int, high: int) -> bool:
-    return value == "auto" or (_is_int(value) and low <= value <= high)  # type: ignore[operator]

@@ -14,6 +14,7 @@ from bridge.cli.client import PURPOSES, Client
 from bridge.cli.common import Address, ApiKey, connect, console, err, fail, new_table, show
 from bridge.cli.models import models_app
 from server.config import Settings
+from trainer.hyperparameters import BY_NAME as HYPERPARAMETERS
 from tunewire.v1 import auth_pb2, files_pb2, jobs_pb2
 
 app = typer.Typer(help="Tunewire: self-hosted LoRA fine-tuning.", no_args_is_help=True)
@@ -178,6 +179,11 @@ def _metadata_pairs(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _help(name: str) -> str:
+    row = HYPERPARAMETERS[name]
+    return f"{row.doc} {row.range}; auto when unset."
+
+
 @jobs_app.command("create")
 def jobs_create(
     model: Annotated[str, typer.Option(help="Base model, e.g. tiny-llama.")],
@@ -185,9 +191,11 @@ def jobs_create(
     validation_file: Annotated[str, typer.Option(help="Validation file id.")] = "",
     suffix: Annotated[str, typer.Option(help="Added to the model name.")] = "",
     seed: Annotated[int | None, typer.Option(help="Seed (generated when unset).")] = None,
-    n_epochs: Annotated[int | None, typer.Option(help="Epochs (auto when unset).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size (auto).")] = None,
-    learning_rate_multiplier: Annotated[float | None, typer.Option(help="(auto)")] = None,
+    n_epochs: Annotated[int | None, typer.Option(help=_help("n_epochs"))] = None,
+    batch_size: Annotated[int | None, typer.Option(help=_help("batch_size"))] = None,
+    learning_rate_multiplier: Annotated[
+        float | None, typer.Option(help=_help("learning_rate_multiplier"))
+    ] = None,
     metadata: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
     request_id: Annotated[str, typer.Option(help="Idempotency key.")] = "",
     watch: Annotated[bool, typer.Option(help="Watch it after creating it.")] = False,

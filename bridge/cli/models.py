@@ -20,6 +20,7 @@ from rich.markup import escape
 from bridge.cli.client import Client
 from bridge.cli.common import Address, ApiKey, connect, console, err, fail, new_table, show
 from server.config import Settings
+from server.states import FINAL_EXPORT_STATES
 from tunewire.v1 import exports_pb2, models_pb2
 
 models_app = typer.Typer(help="Base and fine-tuned models: list, inspect, export, generate.")
@@ -151,7 +152,7 @@ def _follow(client: Client, export_id: str) -> Export:
             if not (token := page.next_page_token):
                 break
         # The export was read before its events, so its final event is printed by now.
-        if export.state in (Export.STATE_SUCCEEDED, Export.STATE_FAILED):
+        if export.state in FINAL_EXPORT_STATES:
             return export
         time.sleep(POLL_SECONDS)
 

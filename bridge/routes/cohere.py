@@ -35,6 +35,9 @@ from bridge.deps import Auth, BackendDep, Int32, SettingsDep
 from bridge.errors import ApiError, Code
 from bridge.routing import route_class
 from bridge.uploads import BINARY, Destination, Form, form_openapi, streamed_form
+from server.states import FINAL_JOB_STATES
+from trainer.hyperparameters import BASE_LEARNING_RATE
+from trainer.hyperparameters import BY_NAME as HYPERPARAMETERS
 from tunewire.v1 import events_pb2, files_pb2, jobs_pb2, models_pb2
 
 File = files_pb2.File
@@ -46,9 +49,17 @@ DATASET_TYPE = "chat-finetune-input"
 EVAL_JOIN = "~"
 EVAL_NAME = re.compile(r"^(file-[0-9a-f]+)\.eval\.jsonl$")
 NAME_KEY = "name"
-# Cohere takes an absolute learning rate; Tunewire a multiplier of the trainer's
-# base rate (trainer/args.py `base_learning_rate`).
-BASE_LEARNING_RATE = 2e-4
+# Cohere's names for the hyperparameters of the one table it has, and the factor from
+# ours to its units: Cohere takes an absolute learning rate, Tunewire a multiplier.
+COHERE_HYPERPARAMETERS: dict[str, tuple[str, float]] = {
+    "n_epochs": ("train_epochs", 1),
+    "batch_size": ("train_batch_size", 1),
+    "learning_rate_multiplier": ("learning_rate", BASE_LEARNING_RATE),
+    "lora_rank": ("lora_rank", 1),
+    "lora_alpha": ("lora_alpha", 1),
+    "early_stopping_patience": ("early_stopping_patience", 1),
+    "early_stopping_threshold": ("early_stopping_threshold", 1),
+}
 DEFAULT_PAGE_SIZE = 50
 
 # Our field names as Cohere's request names them, for error messages.
@@ -56,9 +67,10 @@ FIELDS = {
     "job.base_model": "settings.base_model.name",
     "job.training_file": "settings.dataset_id",
     "job.validation_file": "settings.dataset_id",
-    "job.hyperparameters.n_epochs": "settings.hyperparameters.train_epochs",
-    "job.hyperparameters.batch_size": "settings.hyperparameters.train_batch_size",
-    "job.hyperparameters.learning_rate_multiplier": "settings.hyperparameters.learning_rate",
+    **{
+        f"job.hyperparameters.{ours}": f"settings.hyperparameters.{theirs}"
+        for ours, (theirs, _) in COHERE_HYPERPARAMETERS.items()
+    },
     "job.suffix": "name",
     "metadata.filename": "name",
 }
@@ -414,7 +426,6 @@ STATUS: dict[int, Status] = {
     # Cohere has no "cancelled": deleting is how its users stop a fine-tune.
     Job.STATE_CANCELLED: "STATUS_DELETED",
 }
-FINAL = {Job.STATE_SUCCEEDED, Job.STATE_FAILED, Job.STATE_CANCELLED}
 TargetModulesEnum = jobs_pb2.Hyperparameters.TargetModules
 
 
@@ -436,18 +447,18 @@ def job_proto(model: FinetunedModel, base_model: str) -> Job:
     ids = dataset_files(settings.dataset_id)
     given = settings.hyperparameters or FinetuningHyperparameters()
     hp = jobs_pb2.Hyperparameters()
-    for ours, value in (
-        ("n_epochs", given.train_epochs),
-        ("batch_size", given.train_batch_size),
-        ("lora_rank", given.lora_rank),
-        ("lora_alpha", given.lora_alpha),
-        ("early_stopping_patience", given.early_stopping_patience),
-        ("early_stopping_threshold", given.early_stopping_threshold),
-    ):
-        if value is not None:
-            setattr(hp, ours, value)
-    if given.learning_rate is not None:
-        hp.learning_rate_multiplier = given.learning_rate / BASE_LEARNING_RATE
+    problems = []
+    for ours, (theirs, scale) in COHERE_HYPERPARAMETERS.items():
+        value = getattr(given, theirs)
+        if value is None:
+            continue
+        # Checked here, in Cohere's units, by the table the server checks ours with.
+        if problem := HYPERPARAMETERS[ours].problem(value, scale):
+            problems.append((f"settings.hyperparameters.{theirs}", problem))
+        else:
+            setattr(hp, ours, value / scale if scale != 1 else value)
+    if problems:
+        raise ApiError.invalid(problems)
     if given.lora_target_modules:
         hp.target_modules = TargetModulesEnum.Value(given.lora_target_modules.removeprefix("LORA_"))
     job = Job(
@@ -471,15 +482,11 @@ def _hyperparameters(job: Job) -> FinetuningHyperparameters:
     def value(name: str) -> Any:
         return getattr(hp, name) if hp.HasField(name) else None
 
-    multiplier = value("learning_rate_multiplier")
     return FinetuningHyperparameters(
-        train_epochs=value("n_epochs"),
-        train_batch_size=value("batch_size"),
-        learning_rate=None if multiplier is None else multiplier * BASE_LEARNING_RATE,
-        lora_rank=value("lora_rank"),
-        lora_alpha=value("lora_alpha"),
-        early_stopping_patience=value("early_stopping_patience"),
-        early_stopping_threshold=value("early_stopping_threshold"),
+        **{
+            theirs: None if (found := value(ours)) is None else found * scale
+            for ours, (theirs, scale) in COHERE_HYPERPARAMETERS.items()
+        },
         lora_target_modules="LORA_" + TargetModulesEnum.Name(hp.target_modules),
     )
 
@@ -614,7 +621,7 @@ def _same_hyperparameters(wanted: Job, job: Job) -> bool:
 async def delete_finetuned_model(id: str, backend: BackendDep, auth: Auth) -> dict[str, Any]:
     """Stop the fine-tune if it is still going and delete its model."""
     job = await _job(backend, auth, id)
-    if job.state not in FINAL:
+    if job.state not in FINAL_JOB_STATES:
         await backend.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=id), metadata=auth)
     if job.fine_tuned_model and await _model_exists(backend, auth, job.fine_tuned_model):
         await backend.models.DeleteModel(

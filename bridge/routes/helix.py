@@ -24,6 +24,7 @@ from bridge.multipart import boundary_of
 from bridge.routing import route_class
 from bridge.settings import BridgeSettings
 from bridge.uploads import BINARY, Destination, Form, form_openapi, streamed_form
+from server.states import FINAL_JOB_STATES
 from tunewire.v1 import files_pb2, jobs_pb2, models_pb2
 
 File = files_pb2.File
@@ -119,8 +120,6 @@ class InferenceIn(BaseModel):
 
 # --- fine-tuning sessions ---------------------------------------------------------------
 
-FINAL = {Job.STATE_SUCCEEDED, Job.STATE_FAILED, Job.STATE_CANCELLED}
-
 
 def _state(job: Job) -> State:
     if job.state == Job.STATE_SUCCEEDED:
@@ -167,7 +166,7 @@ def finetune_session(job: Job) -> Session:
         creator="system",
         mode="finetune",
         progress=_progress(job),
-        finished=job.state in FINAL,
+        finished=job.state in FINAL_JOB_STATES,
         state=_state(job),
         status=_status(job),
         error=job.error.message or ("cancelled" if job.state == Job.STATE_CANCELLED else ""),

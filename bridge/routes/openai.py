@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import grpc
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from bridge.backend import (
     Backend,
@@ -34,6 +34,8 @@ from bridge.errors import ApiError, Code
 from bridge.routing import route_class
 from bridge.streams import EVENT_STREAM, HEARTBEAT, STREAM_HEADERS, compact, open_stream, sse
 from bridge.uploads import BINARY, form_openapi, upload_file_form
+from server.states import job_state_name
+from trainer.hyperparameters import TABLE as HYPERPARAMETERS
 from tunewire.v1 import (
     checkpoints_pb2,
     events_pb2,
@@ -314,18 +316,20 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class HyperparametersIn(Strict):
-    """OpenAI's, plus Tunewire's LoRA and early-stopping settings; each may be "auto"."""
-
-    n_epochs: Auto | Int32 | None = None
-    batch_size: Auto | Int32 | None = None
-    learning_rate_multiplier: Auto | float | None = None
-    beta: Auto | float | None = None
-    lora_rank: Auto | Int32 | None = None
-    lora_alpha: Auto | Int32 | None = None
-    lora_dropout: Auto | float | None = None
-    early_stopping_patience: Auto | Int32 | None = None
-    early_stopping_threshold: Auto | float | None = None
+# OpenAI's, plus Tunewire's LoRA and early-stopping settings: a field per row of the one
+# table, each may be "auto" (unset). Ranges are checked by the server, from the same table.
+HyperparametersIn = create_model(
+    "HyperparametersIn",
+    __base__=Strict,
+    __doc__="OpenAI's hyperparameters, plus Tunewire's LoRA and early-stopping settings.",
+    **{
+        row.name: (
+            Auto | (Int32 if row.type is int else float) | None,
+            Field(default=None, description=f"{row.doc} Range {row.range}."),
+        )
+        for row in HYPERPARAMETERS
+    },
+)
 
 
 class MethodConfigIn(Strict):
@@ -418,10 +422,6 @@ LEVELS: dict[int, Literal["info", "warn", "error"]] = {
 METRICS = [name for name in CheckpointMetrics.model_fields if name != "step"]
 
 
-def state_name(state: int) -> Any:  # one of FineTuningJob.status's literals
-    return Job.State.Name(state).removeprefix("STATE_").lower()
-
-
 def file_object(record: File) -> FileObject:
     report = record.validation
     details = None
@@ -474,7 +474,7 @@ def job_object(job: Job) -> FineTuningJob:
         organization_id=job.organization,
         result_files=list(job.result_files),
         seed=job.seed,
-        status=state_name(job.state),
+        status=job_state_name(job.state),  # type: ignore[arg-type]
         trained_tokens=job.trained_tokens or None,
         training_file=job.training_file,
         validation_file=job.validation_file or None,

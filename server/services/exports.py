@@ -9,7 +9,8 @@ from __future__ import annotations
 from server import exports
 from server.control_plane import ControlPlane, authenticated, caller_org
 from server.errors import FailedPrecondition, InvalidArgument, NotFound
-from server.exports import FORMATS, state_name
+from server.exports import FORMATS
+from server.states import export_state_name
 from server.store import pages, records
 from server.store.db import write
 from tunewire.v1 import exports_pb2, exports_pb2_grpc, models_pb2, worker_pb2
@@ -81,7 +82,7 @@ class ExportServicer(exports_pb2_grpc.ExportServiceServicer):
         export = records.get(self.plane.db, "exports", Export, caller_org(), request.export_id)
         if export.state != Export.STATE_SUCCEEDED:
             raise FailedPrecondition(
-                f"export {export.id!r} is {state_name(export.state)}; "
+                f"export {export.id!r} is {export_state_name(export.state)}; "
                 "its artifacts are ready once it has succeeded"
             )
         artifact = next((a for a in export.artifacts if a.path == request.path), None)

@@ -12,14 +12,15 @@ from server.control_plane import ControlPlane, authenticated, caller_org
 from server.errors import InvalidArgument, Unavailable
 from server.ids import new_id, now, timestamp
 from server.job_spec import check_create, check_metadata
-from server.lifecycle import FINAL_STATES, Event, Job, state_name
+from server.lifecycle import Event, Job
+from server.states import FINAL_JOB_STATES, job_state_name
 from server.store import pages
 from server.store.db import write
 from tunewire.v1 import checkpoints_pb2, jobs_pb2, jobs_pb2_grpc, worker_pb2
 
 STREAM_BATCH = 500
 UPDATABLE = frozenset({"metadata"})
-FINAL_NAMES = frozenset(state_name(s) for s in FINAL_STATES)
+FINAL_NAMES = frozenset(job_state_name(s) for s in FINAL_JOB_STATES)
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
@@ -185,7 +186,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 # A wake that brought nothing new: the job may have ended at or
                 # before the cursor (a cursor past its end), so look at it. After
                 # events, only a final state event can end it, and none came.
-                if not progressed and lifecycle.load(db, request.job_id).state in FINAL_STATES:
+                if not progressed and lifecycle.load(db, request.job_id).state in FINAL_JOB_STATES:
                     return
                 if events.closing:
                     raise Unavailable(

@@ -4,6 +4,7 @@ it, hashed here, so the control plane only records them."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -13,7 +14,7 @@ from typing import Any
 
 from server.store.blobs import BlobStore
 from trainer import models
-from trainer.args import InvalidArgs, TrainArgs
+from trainer.args import JOB_HYPERPARAMETERS, InvalidArgs, TrainArgs
 from trainer.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, list_checkpoints
 from trainer.recipe import Callbacks, RunInfo, train
 from trainer.worker.lease import Lease, Outcome, is_nan, struct
@@ -23,8 +24,7 @@ log = logging.getLogger("tunewire.worker")
 
 # Fault injection for tests: "step:N" makes every attempt raise at step N.
 FAILPOINT = os.environ.get("TUNEWIRE_FAILPOINT", "")
-HP_FIELDS = ("n_epochs", "batch_size", "learning_rate_multiplier")
-TARGETS = {1: "QV", 2: "QKVO", 3: "QKVO_FFN"}
+TargetModules = jobs_pb2.Hyperparameters.TargetModules
 OUTCOMES = {
     "succeeded": Outcome.OUTCOME_SUCCEEDED,
     "cancelled": Outcome.OUTCOME_CANCELLED,
@@ -63,20 +63,13 @@ def train_args(work: worker_pb2.TrainWork, place: Place, epoch: int) -> TrainArg
         if work.resume_checkpoint
         else None,
     }
-    for name in HP_FIELDS:
-        values[name] = getattr(hp, name) if hp.HasField(name) else "auto"
-    for name in (
-        "lora_rank",
-        "lora_alpha",
-        "lora_dropout",
-        "early_stopping_patience",
-        "early_stopping_threshold",
-        "checkpoint_every_steps",
-    ):
-        if hp.HasField(name):
-            values[name] = getattr(hp, name)
+    for row in JOB_HYPERPARAMETERS:  # unset: TrainArgs' default, from the same table
+        if hp.HasField(row.name):
+            values[row.name] = getattr(hp, row.name)
     if hp.target_modules:
-        values["target_modules"] = TARGETS[hp.target_modules]
+        values["target_modules"] = TargetModules.Name(hp.target_modules).removeprefix(
+            "TARGET_MODULES_"
+        )
     return TrainArgs(**values)
 
 
@@ -91,14 +84,12 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
     blobs = place.blobs
 
     def on_start(info: RunInfo) -> None:
+        # Every hyperparameter as the run uses it, "auto" resolved.
+        used = {row.name: getattr(args, row.name) for row in JOB_HYPERPARAMETERS}
+        used.update(dataclasses.asdict(info.hyperparameters))
+        del used["learning_rate"]  # not a job's field: base rate times the multiplier
         resolved = jobs_pb2.Hyperparameters(
-            n_epochs=info.hyperparameters.n_epochs,
-            batch_size=info.hyperparameters.batch_size,
-            learning_rate_multiplier=info.hyperparameters.learning_rate_multiplier,
-            lora_rank=args.lora_rank,
-            lora_alpha=int(args.lora_alpha),
-            lora_dropout=args.lora_dropout,
-            target_modules={v: k for k, v in TARGETS.items()}[args.target_modules],
+            **used, target_modules=TargetModules.Value(f"TARGET_MODULES_{args.target_modules}")
         )
         lease.call(
             "ReportPlan",
