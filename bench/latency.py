@@ -34,7 +34,7 @@ def run(ctx: Context) -> Section:
     say = log(NAME)
     shape = ctx.scale(workload.BENCH_MODEL, workload.QUICK_MODEL)
     model_dir = workload.bench_model(shape)
-    train_file = workload.chat_file(8, seed=5)
+    train_file = workload.chat_file(10, seed=5)  # the fewest a job may have
     layouts: dict[str, Path | None] = {"one runtime": None}
     old = old_checkout(BASELINE, WORK / "checkouts")
     if old is not None:

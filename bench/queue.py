@@ -28,7 +28,7 @@ NAME = "queue"
 TITLE = "Job throughput: one-step jobs queued at once vs the same jobs in-process"
 BASELINE = "75defa3"
 """The last commit that started a trainer process per job."""
-EXAMPLES = 8
+EXAMPLES = 10  # the fewest a job may have: one step of one batch
 HYPERPARAMETERS = {"n_epochs": 1, "batch_size": EXAMPLES, "learning_rate_multiplier": 10.0}
 GOAL_SECONDS = 0.5
 
