@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -22,6 +23,8 @@ def _settings(request: Request) -> BridgeSettings:
     return request.app.state.settings
 
 
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
+
 # auto_error=False: a missing key is answered by our own 401, in each surface's envelope.
 _bearer_scheme = HTTPBearer(auto_error=False, description="A Tunewire API key.")
 
@@ -34,6 +37,10 @@ def _auth(
         raise ApiError.of(
             Code.UNAUTHENTICATED, "missing API key: send 'Authorization: Bearer <api key>'"
         )
+    # gRPC metadata is printable ASCII: any other byte (Starlette reads headers as
+    # Latin-1) would fail the call itself, and is no key the server ever issued.
+    if not _PRINTABLE_ASCII.fullmatch(credentials.credentials):
+        raise ApiError.of(Code.UNAUTHENTICATED, "invalid API key")
     return (("authorization", f"Bearer {credentials.credentials}"),)
 
 

@@ -16,6 +16,7 @@ import grpc
 from fastapi.exceptions import RequestValidationError
 from google.protobuf import any_pb2, json_format
 from google.rpc import error_details_pb2, status_pb2
+from starlette.exceptions import HTTPException
 
 Code = grpc.StatusCode
 DETAILS_KEY = "grpc-status-details-bin"
@@ -38,6 +39,8 @@ HTTP_STATUS: dict[Code, int] = {
     Code.UNAVAILABLE: 503,
 }
 _BY_NUMBER = {code.value[0]: code for code in Code}
+# The other way, for Starlette's HTTPException: the first code of each HTTP status.
+_BY_HTTP_STATUS = {http: code for code, http in reversed(HTTP_STATUS.items())}
 
 
 class ApiError(Exception):
@@ -57,7 +60,9 @@ class ApiError(Exception):
         return cls(status_pb2.Status(code=code.value[0], message=message), http_status)
 
     @classmethod
-    def invalid(cls, violations: Sequence[tuple[str, str]]) -> ApiError:
+    def invalid(
+        cls, violations: Sequence[tuple[str, str]], *, http_status: int | None = None
+    ) -> ApiError:
         """INVALID_ARGUMENT with BadRequest field violations, as the server sends them."""
         bad = error_details_pb2.BadRequest(
             field_violations=[
@@ -71,7 +76,8 @@ class ApiError(Exception):
         return cls(
             status_pb2.Status(
                 code=Code.INVALID_ARGUMENT.value[0], message=message, details=[detail]
-            )
+            ),
+            http_status,
         )
 
     @classmethod
@@ -117,6 +123,14 @@ def as_api_error(error: Exception) -> ApiError:
         return ApiError.invalid(
             [(field, " or ".join(msgs)) for field, msgs in found.items()] or [("", "invalid")]
         )
+    if isinstance(error, HTTPException):
+        # Starlette's own refusals (a form it cannot parse); FastAPI's "There was an
+        # error parsing the body" hides what failed, and is answered as that instead.
+        if isinstance(error.__cause__, ApiError):
+            return error.__cause__
+        fallback = Code.INVALID_ARGUMENT if error.status_code < 500 else Code.UNKNOWN
+        code = _BY_HTTP_STATUS.get(error.status_code, fallback)
+        return ApiError.of(code, str(error.detail), http_status=error.status_code)
     raise TypeError(f"not an API error: {error!r}")
 
 

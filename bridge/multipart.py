@@ -8,16 +8,27 @@ which those servers use, accepts both. python-multipart does not, hence this.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum, auto
 
 from python_multipart.multipart import parse_options_header
 
 MAX_HEADER_BYTES = 16 * 1024
+CR, LF = 0x0D, 0x0A
+# RFC 2046 allows whitespace between a boundary and its line end; senders write a
+# few bytes of it at most. More is refused, so no boundary line is held or rescanned
+# for long.
+MAX_PADDING_BYTES = 1024
+_PADDING = re.compile(rb"[ \t]{0,%d}" % (MAX_PADDING_BYTES + 1))
 
 
 class MultipartError(ValueError):
     """The body is not a well-formed multipart body."""
+
+
+class _NotABoundary(Exception):
+    """The boundary text is followed by more text: it is data, not a boundary line."""
 
 
 @dataclass(frozen=True)
@@ -99,22 +110,26 @@ class MultipartParser:
     def _after_boundary(self, end: int) -> tuple[int, bool] | None:
         """What follows a dash-boundary ending at `end`: (where the next part's
         headers start, whether it was the closing one); None when more bytes are
-        needed. Raises ValueError when it is not a boundary line after all."""
+        needed. Raises _NotABoundary when it is not a boundary line after all."""
         rest = self._buffer[end : end + 2]
         if len(rest) < 2:
             return None
         if rest == b"--":
             return end + 2, True
-        i = end
-        while i < len(self._buffer) and self._buffer[i] in b" \t":
-            i += 1  # transport padding
-        if i >= len(self._buffer) or self._buffer[i:] == b"\r":
+        # Transport padding, matched in C: it is scanned again as each chunk comes.
+        i = _PADDING.match(self._buffer, end).end()
+        if i - end > MAX_PADDING_BYTES:
+            raise MultipartError(f"more than {MAX_PADDING_BYTES} bytes of padding after a boundary")
+        # Indexes, not slices: a slice to the end would copy the rest of the buffer
+        # for every boundary-like text in it.
+        last = len(self._buffer) - 1
+        if i > last or (i == last and self._buffer[i] == CR):
             return None
-        if self._buffer[i : i + 2] == b"\r\n":
-            return i + 2, False
-        if self._buffer[i : i + 1] == b"\n":
+        if self._buffer[i] == LF:
             return i + 1, False
-        raise ValueError
+        if self._buffer[i] == CR and self._buffer[i + 1] == LF:
+            return i + 2, False
+        raise _NotABoundary
 
     def _preamble(self) -> bool:
         start = 0
@@ -126,7 +141,7 @@ class MultipartParser:
                 return False
             try:
                 after = self._after_boundary(found + len(self._delimiter))
-            except ValueError:
+            except _NotABoundary:
                 start = found + 1
                 continue
             if after is None:
@@ -191,10 +206,10 @@ class MultipartParser:
                 keep = len(self._delimiter)
                 self._emit(events, len(self._buffer) - keep)
                 return False
-            data_end = found - 1 if found > 0 and self._buffer[found - 1] == 0x0D else found
+            data_end = found - 1 if found > 0 and self._buffer[found - 1] == CR else found
             try:
                 after = self._after_boundary(found + len(self._delimiter))
-            except ValueError:
+            except _NotABoundary:
                 start = found + 1  # data that happens to contain the boundary text
                 continue
             if after is None:

@@ -22,12 +22,28 @@ class BridgeSettings(BaseSettings):
     """Interface to serve REST on."""
     http_port: int = 8080
     """REST port (0 picks a free one)."""
+    http_max_connections: int = 1000
+    """Connections the REST port serves at once, live streams included (uvicorn's
+    limit_concurrency): a request that arrives with this many open is answered 503."""
+    http_keep_alive_seconds: float = 5.0
+    """An idle keep-alive connection is closed this long after its last response."""
+    http_header_timeout_seconds: float = 10.0
+    """A request's line and headers must arrive within this long of the connection (or of
+    the request's first byte); else 408 (a silent connection is just closed)."""
+    http_body_timeout_seconds: float = 60.0
+    """A request body that sends nothing for this long is answered 408 and closed."""
     sse_heartbeat_seconds: float = 15.0
     """An idle server-sent-event stream gets a comment this often, so proxies keep it open."""
     max_form_field_bytes: int = 64 * 1024
     """Largest text field of a multipart form (file parts are streamed, not limited here)."""
+    max_form_parts: int = 1000
+    """Most parts of a multipart form, text fields and file parts together."""
+    max_form_text_bytes: int = 1024 * 1024
+    """Most bytes of a form's text fields, part names and file names together: the bridge
+    holds them in memory while it reads the form."""
     max_json_body_bytes: int = 16 * 1024 * 1024
-    """Largest JSON request body (the gRPC message limit)."""
+    """Largest request body on any route, counted while it streams in (the gRPC message
+    limit). Multipart forms are limited part by part instead."""
     upload_chunk_bytes: int = 1024 * 1024
     """Bytes per UploadFile message: uploads are forwarded in chunks of this size."""
     default_base_model: str = ""

@@ -9,7 +9,6 @@ with the proto field names, as the CLI prints them.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from google.protobuf.descriptor import (
 from google.protobuf.message import Message
 
 from bridge.errors import ApiError
+from bridge.routing import parse_json
 
 Type = FieldDescriptor
 INT64_TYPES = {
@@ -315,10 +315,7 @@ def _path_to(descriptor: Descriptor, name: str, depth: int = 2) -> tuple[str, ..
 def _json_body(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ApiError.invalid([("body", f"is not JSON: {error}")]) from None
+    payload = parse_json(body)
     if not isinstance(payload, dict):
         raise ApiError.invalid([("body", "must be a JSON object")])
     return payload

@@ -4,7 +4,9 @@ forwarded into `FileService.UploadFile` client streams chunk by chunk.
 Nothing is held whole, in memory or on disk: the bridge holds one HTTP chunk
 and one gRPC message at a time, and HTTP and gRPC flow control slow the client
 down to the server's pace. The server enforces the size limit while streaming;
-its RESOURCE_EXHAUSTED is answered 413. A request that fails for any reason
+its RESOURCE_EXHAUSTED is answered 413. What the bridge does hold, text fields
+and names, is limited here (max_form_field_bytes each, max_form_parts and
+max_form_text_bytes in all), also 413. A request that fails for any reason
 cancels the upload in flight and deletes the files it already stored. The
 client's filename is passed on as data only (the server stores blobs under
 generated ids).
@@ -165,6 +167,7 @@ async def _read(
             http_status=415,
         )
     parser = MultipartParser(boundary)
+    held = _Held(settings)
     upload: _Upload | None = None
     name, text = "", bytearray()
     is_file = False
@@ -173,6 +176,7 @@ async def _read(
             for event in parser.feed(chunk):
                 match event:
                     case PartStart():
+                        held.part(len(event.name) + len(event.filename or ""))
                         name, text = event.name, bytearray()
                         if upload is not None and upload.name != name:
                             form.files[upload.name] = await upload.finish()
@@ -196,13 +200,12 @@ async def _read(
                     case PartData() if is_file and upload is not None:
                         await upload.write(event.data)
                     case PartData():
+                        held.text(len(event.data))
                         text += event.data
                         if len(text) > settings.max_form_field_bytes:
-                            raise ApiError.of(
-                                Code.INVALID_ARGUMENT,
-                                f"form field {name!r} is larger than "
-                                f"{settings.max_form_field_bytes} bytes",
-                                http_status=413,
+                            raise _too_large(
+                                f"field {name!r} is larger than "
+                                f"{settings.max_form_field_bytes} bytes"
                             )
                     case PartEnd() if not is_file:
                         try:
@@ -218,6 +221,32 @@ async def _read(
     finally:
         if upload is not None:
             upload.cancel()
+
+
+class _Held:
+    """What the bridge holds of a form in memory, limited: its parts (each costs some
+    bookkeeping) and its text (fields, part names and file names)."""
+
+    def __init__(self, settings: BridgeSettings) -> None:
+        self._settings = settings
+        self._parts = self._text = 0
+
+    def part(self, name_bytes: int) -> None:
+        self._parts += 1
+        if self._parts > self._settings.max_form_parts:
+            raise _too_large(f"has more than {self._settings.max_form_parts} parts")
+        self.text(name_bytes)
+
+    def text(self, size: int) -> None:
+        self._text += size
+        if self._text > self._settings.max_form_text_bytes:
+            raise _too_large(
+                f"has more than {self._settings.max_form_text_bytes} bytes of text fields and names"
+            )
+
+
+def _too_large(problem: str) -> ApiError:
+    return ApiError.of(Code.INVALID_ARGUMENT, f"form {problem}", http_status=413)
 
 
 async def _discard(backend: Backend, auth: Metadata, form: Form) -> None:

@@ -260,6 +260,8 @@ def ascending(order_by: str | None) -> bool:
 
 
 PageSize = Annotated[int, Query(ge=0, le=1000)]
+# An offset, as offset_page issues it: digits only (a negative one would slice from the end).
+PageToken = Annotated[str | None, Query(pattern=r"^[0-9]*$", max_length=20)]
 
 # --- datasets ---------------------------------------------------------------------------
 
@@ -306,7 +308,7 @@ def dataset_object(data: File, evaluation: File | None) -> Dataset:
 
 def dataset_files(dataset_id: str) -> list[str]:
     ids = dataset_id.split(EVAL_JOIN)
-    if not 1 <= len(ids) <= 2 or not all(ids):
+    if not 1 <= len(ids) <= 2 or not all(ids) or len(set(ids)) < len(ids):
         raise ApiError.of(Code.NOT_FOUND, f"dataset {dataset_id!r} not found")
     return ids
 
@@ -408,8 +410,9 @@ async def list_datasets(
 
 @router.delete("/datasets/{dataset_id}")
 async def delete_dataset(dataset_id: str, backend: BackendDep, auth: Auth) -> dict[str, Any]:
-    for file_id in dataset_files(dataset_id):
-        await backend.files.DeleteFile(files_pb2.DeleteFileRequest(file_id=file_id), metadata=auth)
+    # Every part must exist before any is deleted: a wrong id deletes nothing.
+    for part in await _get_files(backend, auth, dataset_files(dataset_id)):
+        await backend.files.DeleteFile(files_pb2.DeleteFileRequest(file_id=part.id), metadata=auth)
     return {}
 
 
@@ -547,7 +550,7 @@ async def list_finetuned_models(
     backend: BackendDep,
     auth: Auth,
     page_size: PageSize = 0,
-    page_token: str | None = None,
+    page_token: PageToken = None,
     order_by: str | None = None,
 ) -> ListFinetunedModelsResponse:
     jobs = await collect(
@@ -645,7 +648,7 @@ async def list_events(
     backend: BackendDep,
     auth: Auth,
     page_size: PageSize = 0,
-    page_token: str | None = None,
+    page_token: PageToken = None,
     order_by: str | None = None,
 ) -> ListEventsResponse:
     """Status changes, newest first (`order_by=created_at` for oldest first)."""
@@ -670,7 +673,7 @@ async def list_training_step_metrics(
     backend: BackendDep,
     auth: Auth,
     page_size: PageSize = 0,
-    page_token: str | None = None,
+    page_token: PageToken = None,
 ) -> ListTrainingStepMetricsResponse:
     """Metrics per logged step, the most recent step first."""
     steps = []

@@ -20,7 +20,6 @@ from pydantic import BaseModel, ValidationError
 from bridge.backend import Backend, Metadata, default_base_model, every_page, moment
 from bridge.deps import Auth, BackendDep, SettingsDep
 from bridge.errors import ApiError
-from bridge.multipart import boundary_of
 from bridge.routing import route_class
 from bridge.settings import BridgeSettings
 from bridge.uploads import BINARY, Destination, Form, form_openapi, streamed_form
@@ -313,11 +312,16 @@ async def _chat(body: InferenceIn, backend: Backend, auth: Metadata) -> Session:
     )
 
 
-async def _inference_body(request: Request) -> InferenceIn:
+async def _inference_body(request: Request, settings: BridgeSettings) -> InferenceIn:
     if request.headers.get("content-type", "").startswith("application/json"):
         values: Any = await request.json()
     else:
-        values = dict(await request.form())
+        # A urlencoded form (the route class limits its body); Starlette refuses it
+        # with an HTTPException, which the route class answers as a problem too.
+        form = await request.form(
+            max_fields=settings.max_form_parts, max_part_size=settings.max_form_field_bytes
+        )
+        values = dict(form)
     try:
         return InferenceIn.model_validate(values)
     except ValidationError as error:
@@ -344,10 +348,11 @@ async def create_session(
 ) -> Session:
     """`mode=inference`: chat with a model (form or JSON); a multipart form with
     `mode=finetune` starts a fine-tuning session, as `/sessions/learn` does."""
-    if boundary_of(request.headers.get("content-type", "")) is not None:
+    if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        # With or without a boundary: without one, streamed_form says so.
         return await _learn(request, backend, auth, settings)
     try:
-        body = await _inference_body(request)
+        body = await _inference_body(request, settings)
     except ValueError as error:
         raise ApiError.invalid([("body", f"is not a form or JSON: {error}")]) from None
     return await _chat(body, backend, auth)

@@ -51,15 +51,6 @@ router = APIRouter(prefix=PREFIX, tags=["native"], route_class=route_class(nativ
 BINDINGS = transcode.bindings(PUBLIC_API)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError.invalid([("body", f"is larger than {limit} bytes")])
-    return bytes(body)
-
-
 def _resume_from(binding: Binding, request: Request, message: Any) -> None:
     """`Last-Event-ID` (sent by EventSource on reconnect) is the stream's cursor."""
     last = request.headers.get("last-event-id")
@@ -75,7 +66,8 @@ def _endpoint(binding: Binding) -> Callable[..., Any]:
     async def endpoint(
         request: Request, backend: BackendDep, auth: Auth, settings: SettingsDep
     ) -> Response:
-        body = await _read_body(request, settings.max_json_body_bytes)
+        # The route class limits the body as it comes.
+        body = await request.body()
         message = binding.build(request.path_params, request.query_params.multi_items(), body)
         call = binding.callable(backend.channel)
         if not binding.method.server_streaming:
