@@ -12,12 +12,17 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bridge.backend import Backend
 from bridge.routes import cohere, helix, native, openai, truefoundry
 from bridge.settings import BridgeSettings
 
 GRACE_SECONDS = 5
+REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 15\r\nconnection: close\r\n\r\nRequest Timeout"
+)
 DESCRIPTION = """\
 Tunewire's REST bridge. The native API is under `/tunewire` (the gRPC API as
 JSON, transcoded from its `google.api.http` annotations); OpenAI's API is at
@@ -81,6 +86,78 @@ class _Server(uvicorn.Server):
             print(self.ready_line, flush=True)
 
 
+class _TimedProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol plus the read timeouts it lacks (it only times the
+    wait between keep-alive requests, so a connection that never finishes a request
+    would be held forever): a request's line and headers must arrive within the
+    header timeout of the connection (or of the request's first byte), and its body
+    may not stall for longer than the body timeout. Past either, the connection is
+    closed, after a 408 if a request had begun and no response has."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings: BridgeSettings = self.config.app.state.settings
+        self.header_timeout = settings.http_header_timeout_seconds
+        self.body_timeout = settings.http_body_timeout_seconds
+        self.read_timer: asyncio.TimerHandle | None = None
+        self.request_begun = False
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self.read_timer = self.loop.call_later(seconds, self._read_timed_out)
+
+    def _disarm(self) -> None:
+        if self.read_timer is not None:
+            self.read_timer.cancel()
+            self.read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self.read_timer = None
+        if self.flow.read_paused:
+            # We stopped reading (the app has not taken the body yet): not the client's fault.
+            self._arm(self.body_timeout)
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The body stalled: the app's receive() now says disconnected, and what it
+            # sends is dropped.
+            answer = not cycle.response_started
+            cycle.disconnected = True
+            cycle.message_event.set()
+        else:
+            answer = self.request_begun
+        if answer:
+            self.transport.write(REQUEST_TIMEOUT)
+        self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.request_begun = True
+        if self.read_timer is None:  # a keep-alive request (a new connection's is timed)
+            self._arm(self.header_timeout)
+
+    def on_headers_complete(self) -> None:
+        self._arm(self.body_timeout)
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._arm(self.body_timeout)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self.request_begun = False
+        super().on_message_complete()
+
+
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only
@@ -102,11 +179,15 @@ async def serve(app: FastAPI, host: str, port: int) -> None:
     """
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
+    settings: BridgeSettings = app.state.settings
     config = uvicorn.Config(
         app,
+        http=_TimedProtocol,
         lifespan="on",
-        log_level=app.state.settings.log_level,
+        log_level=settings.log_level,
         timeout_graceful_shutdown=GRACE_SECONDS,
+        timeout_keep_alive=settings.http_keep_alive_seconds,  # type: ignore[arg-type]
+        limit_concurrency=settings.http_max_connections,
     )
     server = _Server(config, f"tunewire: serving REST on {bound_host}:{bound_port}")
     serving = asyncio.ensure_future(server.serve(sockets=[sock]))

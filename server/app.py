@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
@@ -25,6 +26,7 @@ from server.services.files import FileServicer
 from server.services.jobs import JobServicer
 from server.services.models import ModelServicer
 from server.services.worker import WorkerServicer
+from server.store.home import make_private
 from tunewire.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -58,13 +60,33 @@ SERVICES = [
 ]
 
 
+def _server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Message limits, and the connection limits that keep silent or abandoned
+    connections from filling the port. No per-connection stream cap
+    (grpc.max_concurrent_streams): the REST bridge carries all its requests on one
+    connection, so the server-wide call cap bounds streams instead. No
+    grpc.max_connection_age_ms: live streams last as long as their jobs."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_allowed_incoming_connections", settings.grpc_max_connections),
+        # Also covers the wait for the client's HTTP/2 settings after the TCP handshake,
+        # so it is what closes a socket that never says anything.
+        ("grpc.server_handshake_timeout_ms", int(settings.grpc_handshake_timeout_seconds * 1000)),
+        ("grpc.max_connection_idle_ms", int(settings.grpc_idle_timeout_seconds * 1000)),
+    ]
+
+
 Companion = Callable[[str], Awaitable[None]]
 """Runs beside the control plane, given its gRPC address (the REST bridge)."""
 
 
 async def serve(settings: Settings, companions: Sequence[Companion] = ()) -> None:
     """Serve until SIGTERM or SIGINT, then drain in-flight calls and stop."""
+    started = time.time()
+    make_private(settings.home)
     plane = ControlPlane.open(settings)
+    plane.sweep_abandoned_uploads(started)
     key = auth.ensure_first_key(plane.db, settings.first_key_path)
     if key:
         print(
@@ -75,10 +97,8 @@ async def serve(settings: Settings, companions: Sequence[Companion] = ()) -> Non
 
     server = grpc.aio.server(
         interceptors=[RejectMalformedRequests()],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
+        options=_server_options(settings),
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

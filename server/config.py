@@ -20,8 +20,23 @@ class Settings(BaseSettings):
     """gRPC port (0 picks a free one)."""
     http_port: int = 8080
     """REST bridge port (0 picks a free one)."""
+    grpc_max_connections: int = 1000
+    """Connections the gRPC port holds at once (handshaking ones included); more are closed
+    as they arrive."""
+    grpc_max_concurrent_rpcs: int = 4000
+    """Calls the gRPC server runs at once, live streams included (each REST stream is one);
+    more are answered RESOURCE_EXHAUSTED."""
+    grpc_handshake_timeout_seconds: float = 10.0
+    """A connection that has not finished its HTTP/2 handshake (sent its preface and
+    settings) this long after it opened is closed."""
+    grpc_idle_timeout_seconds: float = 300.0
+    """A connection with no call in flight for this long is closed (GOAWAY; clients
+    reconnect on their next call)."""
     max_upload_bytes: int = 512 * 1024 * 1024
     """Largest upload accepted; enforced while streaming."""
+    max_line_bytes: int = 8 * 1024 * 1024
+    """Longest line of an uploaded training file; a longer one is reported as a problem of
+    its line (`line_too_long`) and never held in memory."""
     max_running_jobs: int = 1
     """Training workers the local executor keeps on this machine (jobs trained at once)."""
     export_workers: int = 1

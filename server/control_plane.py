@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,15 +14,19 @@ import sqlite_utils
 
 from server import auth
 from server.config import Settings
+from server.errors import InvalidArgument
 from server.events import EventLog
 from server.rpc import caller, rpc
 from server.serving import Serving
 from server.store import records
-from server.store.blobs import BlobStore
+from server.store.blobs import TMP, BlobStore
 from server.store.db import connect
 from tunewire.v1 import files_pb2, worker_pb2
 
 Kind = worker_pb2.Lease.Kind
+FILES = "files"  # uploads' blobs: files/<file id>
+
+log = logging.getLogger("tunewire.server")
 
 
 class Doorbell:
@@ -82,9 +87,33 @@ class ControlPlane:
         self.post(Kind.KIND_TRAIN)
 
     def base_model_names(self) -> set[str]:
+        """The usable base models; a broken entry of the models dir is left out (and
+        logged), never an error for every caller."""
         from trainer.models import list_base_models  # reads configs only, no torch
 
         return {model.name for model in list_base_models(self.settings.models_dir)}
+
+    def check_base_model(self, name: str) -> None:
+        """Refuse a base model that is in the models dir but cannot be used, saying why."""
+        from trainer.models import scan_base_models
+
+        _, refused = scan_base_models(self.settings.models_dir)
+        if name in refused:
+            raise InvalidArgument.field(
+                "job.base_model", f"base model {name!r} cannot be used: {refused[name]}"
+            )
+
+    def sweep_abandoned_uploads(self, before: float) -> None:
+        """Take away what uploads cut short by a crash left (a kill -9 mid-upload or
+        mid-validation): temporary blobs, and stored files that never got their record.
+        Only what is older than `before` (this start), so no write under way is touched."""
+        known = {row[0] for row in self.db.execute("SELECT id FROM files")}
+        doomed = [k for k in self.blobs.stale(FILES, before) if k.split("/")[-1] not in known]
+        doomed += self.blobs.stale(TMP, before)
+        for key in doomed:
+            self.blobs.delete(key)
+        if doomed:
+            log.warning("removed abandoned uploads", extra={"fields": {"blobs": len(doomed)}})
 
     def save_file(self, record: files_pb2.File, org: str) -> None:
         records.put(

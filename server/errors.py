@@ -6,10 +6,24 @@ every handler answers with a precise code and never lets UNKNOWN reach a client.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+# A status travels in trailers (the message percent-encoded, the details in base64) that
+# gRPC caps at 8 KiB by default: an error echoing a 16 KiB id would reach the client as
+# RESOURCE_EXHAUSTED instead of itself. Echoed input is cut, and so is every text.
+MAX_ECHOED = 128
+MAX_TEXT = 1024
+
+
+def cut(text: str, limit: int) -> str:
+    """`text`, or its start and an ellipsis when it is longer than `limit`."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class TunewireError(Exception):
@@ -41,7 +55,9 @@ class InvalidArgument(TunewireError):
     def details(self) -> list[any_pb2.Any]:
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=cut(f, MAX_ECHOED), description=cut(d, MAX_TEXT // 4)
+                )
                 for f, d in self.violations
             ]
         )
@@ -56,7 +72,7 @@ class NotFound(TunewireError):
     code = grpc.StatusCode.NOT_FOUND
 
     def __init__(self, kind: str, ident: str) -> None:
-        super().__init__(f"{kind} {ident!r} not found")
+        super().__init__(f"{kind} {cut(ident, MAX_ECHOED)!r} not found")
 
 
 class FailedPrecondition(TunewireError):
@@ -83,11 +99,26 @@ class Unavailable(TunewireError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def disk_full(error: BaseException) -> ResourceExhausted | None:
+    """A full disk, as the status a client should see: the disk may be freed and the call
+    retried, which INTERNAL would not say. None for any other error."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in _FULL_ERRNOS:
+            return ResourceExhausted(f"no space left on the server's disk ({error.strerror})")
+        if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return ResourceExhausted("no space left on the server's disk (the database is full)")
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def to_status(error: TunewireError) -> grpc.Status:
     """A grpc.Status whose trailers carry the google.rpc.Status with details."""
     status = status_pb2.Status(
         code=getattr(code_pb2, error.code.name),
-        message=error.message,
+        message=cut(error.message, MAX_TEXT),
         details=error.details(),
     )
     return rpc_status.to_status(status)

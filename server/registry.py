@@ -8,6 +8,7 @@ registering a model is a row, never a copy or a hash on the control plane's loop
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlite_utils
@@ -108,8 +109,41 @@ def resolve(
     return Target(model_id)
 
 
-def delete(db: sqlite_utils.Database, model_id: str) -> str:
-    """Forget model `model_id`; returns its adapter's key. In a write transaction."""
-    (adapter,) = db.execute("SELECT adapter_path FROM models WHERE id = ?", [model_id]).fetchone()
-    db.execute("DELETE FROM models WHERE id = ?", [model_id])
-    return adapter
+@dataclass(frozen=True)
+class Deleted:
+    """What deleting a model let go of: the blobs to remove once the rows are gone."""
+
+    adapters: list[str]
+    """Adapter keys of every model deleted, for inference workers to unload."""
+    blobs: list[str]
+    """Keys to remove: the job's whole model store with its final model (else the one
+    checkpoint's adapter), and the output of every export of them."""
+
+
+def delete(db: sqlite_utils.Database, model_id: str, export_key: Callable[[str], str]) -> Deleted:
+    """Forget model `model_id` and everything that would still serve it: a job's final
+    model takes its checkpoint models with it, and every export of a deleted model goes
+    too (`export_key`: an export id -> its output's key). In a write transaction."""
+    job_id, checkpoint_id = db.execute(
+        "SELECT job_id, checkpoint_id FROM models WHERE id = ?", [model_id]
+    ).fetchone()
+    if checkpoint_id is None:
+        sql, params = "SELECT id, adapter_path FROM models WHERE job_id = ?", [job_id]
+    else:
+        sql, params = "SELECT id, adapter_path FROM models WHERE id = ?", [model_id]
+    rows = db.execute(sql, params).fetchall()
+    ids = [row[0] for row in rows]
+    marks = ",".join("?" * len(ids))
+    exports = [
+        row[0] for row in db.execute(f"SELECT id FROM exports WHERE model_id IN ({marks})", ids)
+    ]
+    if exports:
+        export_marks = ",".join("?" * len(exports))
+        db.execute(f"DELETE FROM events WHERE parent IN ({export_marks})", exports)
+        db.execute(f"DELETE FROM exports WHERE id IN ({export_marks})", exports)
+    db.execute(f"DELETE FROM models WHERE id IN ({marks})", ids)
+    adapters = [row[1] for row in rows]
+    # Only what the model store holds, never another key.
+    store = [adapter_prefix(job_id)] if checkpoint_id is None else adapters
+    owned = [key for key in store if key.startswith(f"{MODELS}/")]
+    return Deleted(adapters, owned + [export_key(e) for e in exports])

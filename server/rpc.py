@@ -1,7 +1,8 @@
 """The wrapper every public handler goes through: authenticate, run, map errors.
 
 Handlers read what authentication found with `caller()`; domain errors
-become statuses with details (server.errors); anything unexpected is logged
+become statuses with details (server.errors); a full disk is RESOURCE_EXHAUSTED
+wherever it is hit (the file system or SQLite); anything unexpected is logged
 with its traceback and answered INTERNAL with a reference, never UNKNOWN.
 `RejectMalformedRequests` covers what happens before a handler runs: a request
 that does not parse is INVALID_ARGUMENT, not grpc's UNKNOWN.
@@ -19,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from server.errors import TunewireError, to_status
+from server.errors import TunewireError, disk_full, to_status
 
 log = logging.getLogger("tunewire.rpc")
 
@@ -39,6 +40,9 @@ def bearer(context: grpc.aio.ServicerContext) -> str | None:
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+    if not isinstance(error, TunewireError) and (full := disk_full(error)) is not None:
+        log.warning("disk full in %s: %s", method, error)
+        error = full
     if not isinstance(error, TunewireError):
         ref = secrets.token_hex(4)
         log.error("unexpected error in %s (ref %s)", method, ref, exc_info=error)

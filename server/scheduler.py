@@ -23,6 +23,8 @@ Lease = worker_pb2.Lease
 Kind = Lease.Kind
 Export = exports_pb2.Export
 LEASED = (Job.STATE_RUNNING, Job.STATE_PAUSING)
+RETRY_SECONDS = 1.0
+"""How soon a lease that could not be taken back (a full disk) is tried again."""
 
 
 class Scheduler:
@@ -31,6 +33,9 @@ class Scheduler:
         self.executor = LocalExecutor(plane, address, self._on_exit)
         self._wake = asyncio.Event()
         self._stopping = False
+        # Leases whose worker died holding them, by job or export id, with why: taken back
+        # in the loop, which retries any that cannot be written yet (a full disk).
+        self._exited: dict[str, tuple[Lease, str]] = {}
 
         def on_work(kind: int) -> None:
             self.executor.ensure(kind)
@@ -46,9 +51,13 @@ class Scheduler:
                 self.executor.ensure(kind)
         while True:
             self._wake.clear()
+            self._take_back_exited()
             self._expire_leases()
+            wait = self._until_next_expiry()
+            if self._exited:
+                wait = min(wait or RETRY_SECONDS, RETRY_SECONDS)
             try:
-                await asyncio.wait_for(self._wake.wait(), self._until_next_expiry())
+                await asyncio.wait_for(self._wake.wait(), wait)
             except TimeoutError:
                 pass
 
@@ -75,11 +84,28 @@ class Scheduler:
         with write(self.plane.db):
             exports.fail_interrupted(self.plane.db, self.plane.events)
 
+    def _take_back_exited(self) -> None:
+        for key, (lease, reason) in list(self._exited.items()):
+            if self._lost_or_later(lease, reason):
+                del self._exited[key]
+
+    def _lost_or_later(self, lease: Lease, reason: str) -> bool:
+        """`lost`, or False when it could not be written now (it is tried again)."""
+        try:
+            self.lost(lease, reason)
+        except Exception:  # a full disk, say: the scheduler must outlive it
+            log.exception(
+                "could not take a lease back; retrying", extra={"fields": {"reason": reason}}
+            )
+            return False
+        return True
+
     def _expire_leases(self) -> None:
         seconds = self.plane.settings.lease_seconds
         for lease, expires in self._leased():
-            if expires is not None and expires < now():
-                self.lost(lease, f"no heartbeat for {seconds:g} s")
+            # A worker known to have exited is taken back with that reason, not this one.
+            if expires is not None and expires < now() and lease.job_id not in self._exited:
+                self._lost_or_later(lease, f"no heartbeat for {seconds:g} s")
         for worker in self.plane.serving.expired():
             self.lost(
                 Lease(job_id=worker.worker_id, epoch=worker.epoch, kind=Kind.KIND_SERVE),
@@ -99,7 +125,7 @@ class Scheduler:
         lease = self.plane.holding.pop(worker_id, None)
         if lease is None or self._stopping:
             return
-        self.lost(lease, f"trainer process exited with code {code}")
+        self._exited[lease.job_id] = (lease, f"worker process exited with code {code}")
         self._wake.set()
 
     def lost(self, lease: Lease, reason: str, counts: bool = True) -> None:
@@ -128,14 +154,11 @@ class Scheduler:
             else:
                 if row[1] not in LEASED:
                     return
-                (command,) = db.execute(
-                    "SELECT command FROM jobs WHERE id = ?", [lease.job_id]
-                ).fetchone()
                 lifecycle.end_attempt(
                     db,
                     events,
                     lifecycle.load(db, lease.job_id),
-                    command,
+                    lifecycle.pending(db, lease.job_id),
                     reason,
                     max_attempts=settings.max_attempts,
                     counts=counts,

@@ -20,6 +20,8 @@ from typing import BinaryIO
 from trainer.formats import Example, Format, Problem, is_plain_text, parse_record
 
 _BLOCK_SIZE = 1 << 20
+MAX_LINE_BYTES = 8 << 20
+"""The longest line validated; a longer one is a problem of its line, and never held."""
 _CHARS_PER_TOKEN = 4
 _BOM = b"\xef\xbb\xbf"
 
@@ -38,6 +40,25 @@ class Report:
     @property
     def ok(self) -> bool:
         return self.problem_count == 0
+
+
+@dataclass(frozen=True)
+class _Overlong:
+    """A line past the length cap: only its length is kept, never its bytes."""
+
+    length: int
+
+    def __len__(self) -> int:  # offsets of later lines count its bytes
+        return self.length
+
+
+def _overlong(line: int, raw: _Overlong, cap: int) -> Problem:
+    return Problem(
+        line,
+        "$",
+        "line_too_long",
+        f"line {line} is {raw.length} bytes long; a line may be at most {cap} bytes",
+    )
 
 
 class _Problems:
@@ -66,6 +87,7 @@ def validate_file(
     filename: str = "",
     max_problems: int = 100,
     min_examples: int = 1,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> Report:
     """Validate a training file in one pass.
 
@@ -82,7 +104,7 @@ def validate_file(
         document = is_plain_text(filename or Path(path).name)
     with stream as f:
         scan = _scan_document if document else _scan_jsonl
-        fmt, examples, lines, chars, records = scan(f, found)
+        fmt, examples, lines, chars, records = scan(_blocks(f, max_line_bytes), found)
     # A document is one example by definition (the trainer chunks it), so a minimum number of
     # examples only means something for JSONL.
     file_problems = _file_problems(records, examples, 1 if document else min_examples)
@@ -97,15 +119,23 @@ def validate_file(
     )
 
 
-def _scan_jsonl(f: BinaryIO, found: _Problems) -> tuple[Format | None, int, int, int, int]:
+Blocks = Iterator[tuple[int, list[bytes | _Overlong], int]]
+"""Each block's offset, its lines and the line-length cap."""
+
+
+def _scan_jsonl(blocks: Blocks, found: _Problems) -> tuple[Format | None, int, int, int, int]:
     """Returns (format, valid examples, lines, trained chars, non-blank lines)."""
     fmt: Format | None = None
     examples = chars = records = 0
     line = 0
-    for start, block in _blocks(f):
+    for start, block, cap in blocks:
         first = line + 1
         for raw in block:
             line += 1
+            if isinstance(raw, _Overlong):
+                records += 1
+                found.add([_overlong(line, raw, cap)])
+                continue
             try:
                 text = raw.decode()
             except UnicodeDecodeError as e:
@@ -135,14 +165,19 @@ def _scan_jsonl(f: BinaryIO, found: _Problems) -> tuple[Format | None, int, int,
     return fmt, examples, line, chars, records
 
 
-def _scan_document(f: BinaryIO, found: _Problems) -> tuple[Format | None, int, int, int, int]:
-    """A plain-text upload: one TEXT example, so only its encoding can be wrong."""
+def _scan_document(blocks: Blocks, found: _Problems) -> tuple[Format | None, int, int, int, int]:
+    """A plain-text upload: one TEXT example, so only its encoding (and a line too long
+    to read) can be wrong."""
     chars = records = 0
     line = 0
-    for start, block in _blocks(f):
+    for start, block, cap in blocks:
         first = line + 1
         for raw in block:
             line += 1
+            if isinstance(raw, _Overlong):
+                records += 1
+                found.add([_overlong(line, raw, cap)])
+                continue
             try:
                 text = raw.decode()
             except UnicodeDecodeError as e:
@@ -171,32 +206,49 @@ def _loads(text: str) -> object:
     return value
 
 
-def _blocks(f: BinaryIO) -> Iterator[tuple[int, list[bytes]]]:
-    """The complete lines of each block read, without newlines, and the first one's offset.
+def _blocks(f: BinaryIO, cap: int) -> Blocks:
+    """The complete lines of each block read, without newlines, the first one's offset,
+    and `cap`. A line longer than `cap` bytes comes as an `_Overlong`: its bytes are
+    dropped as they are read, so one huge line costs no more memory than a short one.
 
     Splitting 1 MiB blocks with bytes.split is far faster than reading line by line, and
     handing out whole blocks spares a generator step per line.
     """
     offset = 0
     partial: list[bytes] = []  # a line still waiting for its newline, possibly many blocks long
+    held = 0  # bytes in `partial`
+    dropped = 0  # bytes of the current line dropped: it is past the cap
     while block := f.read(_BLOCK_SIZE):
-        if not offset and not partial and block.startswith(_BOM):
+        if not offset and not partial and not dropped and block.startswith(_BOM):
             # Editors on Windows often start files with a byte-order mark; it is not content.
             block = block[len(_BOM) :]
             offset = len(_BOM)
         if b"\n" not in block:
-            partial.append(block)
+            if dropped or held + len(block) > cap:
+                dropped, partial, held = dropped + held + len(block), [], 0
+            else:
+                partial.append(block)
+                held += len(block)
             continue
-        lines = block.split(b"\n")
-        if partial:
-            partial.append(lines[0])
-            lines[0] = b"".join(partial)
-        partial = [lines.pop()]
-        yield offset, lines
+        lines: list[bytes | _Overlong] = list(block.split(b"\n"))
+        head = len(lines[0])
+        if dropped or held + head > cap:
+            lines[0] = _Overlong(dropped + held + head)
+        elif partial:
+            lines[0] = b"".join([*partial, lines[0]])  # type: ignore[list-item]
+        tail = lines.pop()
+        if cap < _BLOCK_SIZE:  # only then can a line inside one block be past the cap
+            lines = [_Overlong(len(x)) if len(x) > cap else x for x in lines]
+        if len(tail) > cap:
+            partial, held, dropped = [], 0, len(tail)
+        else:
+            partial, held, dropped = [tail], len(tail), 0  # type: ignore[list-item]
+        yield offset, lines, cap
         offset += sum(map(len, lines)) + len(lines)
-    last = b"".join(partial)
-    if last:
-        yield offset, [last]
+    if dropped:
+        yield offset, [_Overlong(dropped)], cap
+    elif last := b"".join(partial):
+        yield offset, [last], cap
 
 
 def _invalid_utf8(

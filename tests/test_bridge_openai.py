@@ -247,12 +247,27 @@ def test_job_shapes_and_steering(client: openai.OpenAI, rest: Stack) -> None:
     assert job.method.type == "supervised"
     assert job.integrations[0].wandb.project == "p" and job.metadata == {"suite": tag}
     assert (job.fine_tuned_model, job.finished_at, job.error, job.trained_tokens) == (None,) * 4
+    request = {
+        "model": "tiny-llama",
+        "training_file": training.id,
+        "validation_file": validation.id,
+        "hyperparameters": {"n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": 0.5},
+        "seed": 42,
+        "suffix": "shapes",
+        "metadata": {"suite": tag},
+        "integrations": [{"type": "wandb", "wandb": {"project": "p", "tags": ["a"]}}],
+    }
     again = client.fine_tuning.jobs.create(
-        model="tiny-llama",
-        training_file=training.id,
-        extra_headers={"Idempotency-Key": f"shapes-{tag}"},
+        **request, extra_headers={"Idempotency-Key": f"shapes-{tag}"}
     )
     assert again.id == job.id
+    # The same key with other parameters is refused, as Stripe refuses it.
+    with pytest.raises(openai.BadRequestError) as reused:
+        client.fine_tuning.jobs.create(
+            **{**request, "suffix": "other"}, extra_headers={"Idempotency-Key": f"shapes-{tag}"}
+        )
+    assert reused.value.param == "request_id"
+    assert "already used with other parameters" in reused.value.message
 
     with rest.http() as http:
         raw = http.get(f"/v1/fine_tuning/jobs/{job.id}").json()

@@ -219,6 +219,21 @@ def test_validation_report_names_each_bad_line(server: Server) -> None:
     assert all(p.message for p in report.problems)
 
 
+def test_a_line_past_the_limit_is_reported_on_its_line(
+    start_server: Callable[..., Server],
+) -> None:
+    # One 500 MiB line used to cost the server 2 GiB: it was held whole, several times.
+    srv = start_server(TUNEWIRE_MAX_LINE_BYTES="65536")
+    good = chat_lines(10, "long")
+    huge = b'{"text": "' + b"a" * (4 << 20) + b'"}\n'
+    record = srv.default.upload(good + huge + good, "long.jsonl")
+    assert record.state == File.STATE_ERROR
+    report = record.validation
+    assert [(p.line, p.code) for p in report.problems] == [(11, "line_too_long")]
+    assert f"line 11 is {len(huge) - 1} bytes long" in report.problems[0].message
+    assert (report.example_count, report.line_count) == (20, 21)
+
+
 def test_empty_fine_tune_file_is_an_error(server: Server) -> None:
     record = server.default.upload(b"", "empty.jsonl")
     assert record.state == File.STATE_ERROR

@@ -194,6 +194,9 @@ def test_seed_temperature_and_top_p(generator: Generator, tiny: Path) -> None:
     greedy = sample(temperature=0)
     # So small a nucleus holds only the most likely token: greedy, whatever the seed.
     assert sample(seed=1, top_p=1e-6) == greedy == sample(seed=2, top_p=1e-6)
+    # The limits of the allowed ranges are greedy too, not NaN or an empty nucleus.
+    assert sample(seed=3, temperature=1e-45) == greedy
+    assert sample(seed=3, top_p=1e-300) == greedy == sample(temperature=1e-45, top_p=1e-300)
     assert sample(seed=1, temperature=1.5, top_p=0.9) == sample(seed=1, temperature=1.5, top_p=0.9)
 
 

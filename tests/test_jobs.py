@@ -198,6 +198,24 @@ def test_create_with_the_same_request_id_returns_the_same_job(
     assert mine.id != first.id
 
 
+def test_a_request_id_reused_with_other_parameters_is_refused(org: Org, train_file: File) -> None:
+    request_id = f"reuse-{secrets.token_hex(8)}"
+    tag = {"idempotency": request_id}
+    first = org.create_job(train_file.id, request_id=request_id, metadata=tag)
+    for other in (
+        {"metadata": tag, "suffix": "other"},
+        {"metadata": tag, "hyperparameters": Hyperparameters(n_epochs=2)},
+        {"metadata": {"idempotency": "other"}},
+    ):
+        violations = _bad_create(org, request_id, training_file=train_file.id, **other)
+        assert set(violations) == {"request_id"}
+        assert "already used with other parameters" in violations["request_id"]
+    # Nothing was created by the refused reuses, and the same request still answers.
+    listed = org.jobs.ListJobs(jobs_pb2.ListJobsRequest(metadata=tag)).jobs
+    assert [j.id for j in listed] == [first.id]
+    assert org.create_job(train_file.id, request_id=request_id, metadata=tag) == first
+
+
 def _bad_create(org: Org, request_id: str = "", **fields) -> dict[str, str]:
     request = jobs_pb2.CreateJobRequest(job=make_job(**fields), request_id=request_id)
     return invalid(org.jobs.CreateJob, request)

@@ -346,6 +346,54 @@ def test_an_export_whose_adapter_is_gone_fails_and_can_be_retried(
     assert "Export queued again after a failure" in [e.message for e in events_of(org, again.id)]
 
 
+def test_the_smallest_sampling_values_in_range_generate_greedily(org: Org, model: str):
+    greedy = text(ask(org, model, 3))
+    for fields in ({"temperature": 1e-45}, {"temperature": 1.0, "top_p": 1e-300}):
+        request = models_pb2.GenerateRequest(
+            model_id=model,
+            messages=[models_pb2.ChatMessage(role="user", content=QUESTIONS[3])],
+            seed=5,
+            **fields,
+        )
+        assert text(list(org.models.Generate(request))) == greedy
+
+
+def test_a_deleted_model_takes_its_checkpoints_and_exports_with_it(org: Org, service: Server):
+    upload = org.upload(dataset("b"), "short.jsonl")
+    job = org.create_job(
+        upload.id,
+        seed=2,
+        hyperparameters=jobs_pb2.Hyperparameters(
+            n_epochs=2, batch_size=10, checkpoint_every_steps=1
+        ),
+    )
+    request = jobs_pb2.StreamJobEventsRequest(job_id=job.id)
+    messages = [reply.event.message for reply in org.jobs.StreamJobEvents(request, timeout=240)]
+    done = org.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
+    assert done.state == Job.STATE_SUCCEEDED, messages
+    model = done.fine_tuned_model
+    checkpoint = f"{model}:ckpt-step-1"
+    exported = [wait(org, export(org, name, MERGED).id) for name in (model, checkpoint)]
+    assert [e.state for e in exported] == [Export.STATE_SUCCEEDED] * 2
+    assert text(ask(org, checkpoint, 0, max_tokens=2))  # it serves, before
+
+    org.models.DeleteModel(models_pb2.DeleteModelRequest(model_id=model))
+    for name in (model, checkpoint):
+        fails(Code.NOT_FOUND, org.models.GetModel, models_pb2.GetModelRequest(model_id=name))
+        fails(Code.NOT_FOUND, ask, org, name, 0, max_tokens=2)
+    listed = org.exports.ListExports(exports_pb2.ListExportsRequest(page_size=100)).exports
+    for gone in exported:
+        assert gone.id not in [e.id for e in listed]
+        get = exports_pb2.GetExportRequest(export_id=gone.id)
+        fails(Code.NOT_FOUND, org.exports.GetExport, get)
+        download = exports_pb2.DownloadExportArtifactRequest(
+            export_id=gone.id, path=gone.artifacts[0].path
+        )
+        fails(Code.NOT_FOUND, org.exports.DownloadExportArtifact, download)
+        assert not (service.home / "blobs" / "exports" / gone.id).exists()
+    assert not (service.home / "blobs" / "models" / job.id).exists()
+
+
 # --- the CLI ---------------------------------------------------------------------------------
 
 

@@ -325,6 +325,23 @@ def test_another_orgs_ids_answer_exactly_like_random_ids(world: World, method: M
 
 
 @pytest.mark.parametrize(
+    "method", [m for m in RPCS if reference_fields(m)], ids=lambda m: m.full_name
+)
+def test_an_id_too_long_for_the_trailers_is_answered_like_any_unknown_id(
+    world: World, method: MethodDescriptor
+):
+    # Echoed whole, a 20 KiB id overflowed the status trailers (gRPC caps them at 8 KiB)
+    # and reached the client as RESOURCE_EXHAUSTED.
+    for path, kind in reference_fields(method):
+        huge = random_id(kind, world.owned[kind]) + "x" * 20_000
+        found = outcome(world.srv, method, build(method, {path: huge}), bearer(world.attacker))
+        assert found is not None and found.code in (Code.NOT_FOUND, Code.INVALID_ARGUMENT), (
+            f"{method.full_name} {path}: {found}"
+        )
+        assert len(found.message) <= 1024
+
+
+@pytest.mark.parametrize(
     "method",
     [m for m in RPCS if http_verb(m) == "get" and not reference_fields(m)],
     ids=lambda m: m.full_name,

@@ -229,7 +229,9 @@ def test_pause_then_resume_continues_from_the_pause_checkpoint(org: Org, sample:
     events = run_to_end(org, job.id)
     assert events[-1].data["state"] == "succeeded"
     messages = [e.message for e in events]
-    assert f"Resuming from checkpoint step {step} (attempt 2)" in messages
+    # A pause is no failure: the resumed trainer goes on with the same attempt.
+    assert f"Resuming from checkpoint step {step} (attempt 1)" in messages
+    assert org.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id)).progress.attempt == 1
     assert_clean_log(events)
 
 

@@ -214,6 +214,42 @@ def test_lines_longer_than_a_read_block(tmp_path: Path) -> None:
     assert (report.examples, report.lines) == (3, 4)
 
 
+def test_a_line_past_the_cap_is_its_own_problem_and_is_never_held(tmp_path: Path) -> None:
+    cap = 1 << 20
+    in_block = json.dumps({"text": "b" * 2000})  # past a small cap inside one read block
+    across = json.dumps({"text": "a" * (3 << 20)})  # spans several read blocks
+    bad = b'{"text": "caf\xc3"}'
+    lines: list[str | bytes] = [CHAT_LINE, across, CHAT_LINE, bad, across]
+    report = validate_file(write(tmp_path / "train.jsonl", lines, end="\n"), max_line_bytes=cap)
+    assert where(report) == [
+        (2, "$", "line_too_long"),
+        (4, "$", "invalid_utf8"),
+        (5, "$", "line_too_long"),
+    ]
+    assert report.problems[0].message == (
+        f"line 2 is {len(across)} bytes long; a line may be at most {cap} bytes"
+    )
+    # The offsets of later lines still count the dropped bytes.
+    offset = 2 * (len(CHAT_LINE) + 1) + len(across) + 1 + bad.index(b"\xc3")
+    assert f"byte offset {offset} of the file" in report.problems[1].message
+    assert (report.examples, report.lines) == (2, 5)
+
+    small = validate_file(
+        write(tmp_path / "small.jsonl", [CHAT_LINE, in_block]), max_line_bytes=len(CHAT_LINE)
+    )
+    assert where(small) == [(2, "$", "line_too_long")]
+    (tmp_path / "last.jsonl").write_text(f"{CHAT_LINE}\n{across}")  # no final newline
+    last = validate_file(tmp_path / "last.jsonl", max_line_bytes=cap)
+    assert where(last) == [(2, "$", "line_too_long")] and last.lines == 2
+    document = validate_file(
+        write(tmp_path / "notes.md", ["# Notes", "a" * 5000]),
+        filename="notes.md",
+        max_line_bytes=100,
+    )
+    # As with bad UTF-8, a document with a bad line is no example at all.
+    assert where(document) == [(0, "$", "invalid_n_examples"), (2, "$", "line_too_long")]
+
+
 def test_large_file_in_one_pass(tmp_path: Path) -> None:
     lines = [
         json.dumps({"messages": [{"role": "user", "content": f"Q{i}"}, ASSISTANT]})

@@ -12,13 +12,16 @@ Layout of `<output_dir>/checkpoints/step-000123/`:
   state and the metrics history, readable without torch.
 
 Each directory is built under a temporary name, fsynced, then renamed into place: a
-`step-*` directory is complete or absent.
+`step-*` directory is complete or absent. Its `checksums.json` lists every other file's
+size and sha256, so a checkpoint damaged later (truncated, overwritten, half copied) is
+refused by `verify_checkpoint` before a run resumes from it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import os
 import random
@@ -38,7 +41,9 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 STATE = "state.pt"
 TRAINER_STATE = "trainer_state.json"
-CHECKPOINT_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, STATE, TRAINER_STATE)
+MANIFEST = "checksums.json"
+_CHECKSUMMED = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, STATE, TRAINER_STATE)
+CHECKPOINT_FILES = (*_CHECKSUMMED, MANIFEST)
 
 _STEP_DIR = re.compile(r"step-(\d{6,})")
 
@@ -139,7 +144,52 @@ def save_checkpoint(
         (staging / TRAINER_STATE).write_text(
             json.dumps(trainer_state, indent=1, sort_keys=True), encoding="utf-8"
         )
+        manifest = {name: file_digest(staging / name) for name in _CHECKSUMMED}
+        (staging / MANIFEST).write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
     return final
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint that is missing, or whose files are not those it was saved with."""
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """`{"bytes": ..., "sha256": ...}` of a file."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
+    """The checkpoint's `checksums.json`; CorruptCheckpoint when it is missing or unreadable."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CorruptCheckpoint(f"{MANIFEST} is missing or unreadable: {error}") from None
+    if not isinstance(manifest, dict) or set(manifest) != set(_CHECKSUMMED):
+        raise CorruptCheckpoint(f"{MANIFEST} does not list the checkpoint's files")
+    return manifest
+
+
+def verify_checkpoint(path: str | os.PathLike[str]) -> None:
+    """Raise CorruptCheckpoint unless every file of the checkpoint at `path` has the size
+    and sha256 it was saved with."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CorruptCheckpoint(f"checkpoint {path.name} is missing")
+    for name, expected in sorted(read_manifest(path).items()):
+        try:
+            found = file_digest(path / name)
+        except OSError as error:
+            raise CorruptCheckpoint(f"{name} cannot be read: {error.strerror}") from None
+        if found != expected:
+            raise CorruptCheckpoint(
+                f"{name} has {found['bytes']} bytes (sha256 {found['sha256'][:12]}…), "
+                f"saved with {expected['bytes']} (sha256 {expected['sha256'][:12]}…)"
+            )
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:

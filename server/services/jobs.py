@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 
@@ -16,7 +17,7 @@ from server.lifecycle import Event, Job
 from server.states import FINAL_JOB_STATES, job_state_name
 from server.store import pages
 from server.store.db import write
-from tunewire.v1 import checkpoints_pb2, jobs_pb2, jobs_pb2_grpc, worker_pb2
+from tunewire.v1 import checkpoints_pb2, jobs_pb2, jobs_pb2_grpc
 
 STREAM_BATCH = 500
 UPDATABLE = frozenset({"metadata"})
@@ -31,19 +32,30 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     @authenticated
     async def CreateJob(self, request: jobs_pb2.CreateJobRequest, context) -> Job:
         org, db = caller_org(), self.plane.db
+        fingerprint = hashlib.sha256(request.job.SerializeToString(deterministic=True)).hexdigest()
         if request.request_id:
             row = db.execute(
-                "SELECT id FROM jobs WHERE org = ? AND request_id = ?", [org, request.request_id]
+                "SELECT id, request_hash FROM jobs WHERE org = ? AND request_id = ?",
+                [org, request.request_id],
             ).fetchone()
+            if row and row[1] not in (None, fingerprint):
+                raise InvalidArgument.field(
+                    "request_id",
+                    "this idempotency key was already used with other parameters; "
+                    "send a new key to create another job",
+                )
             if row:
                 return lifecycle.load(db, row[0])
-        job = check_create(db, org, request.job, request.request_id, self.plane.base_model_names())
+        base_models = self.plane.base_model_names()
+        if request.job.base_model not in base_models:
+            self.plane.check_base_model(request.job.base_model)  # why, if it is a broken one
+        job = check_create(db, org, request.job, request.request_id, base_models)
         job.id = new_id("ftjob")
         job.organization = org
         job.state = Job.STATE_VALIDATING_FILES
         job.create_time.CopyFrom(timestamp(now()))
         with write(db):
-            lifecycle.insert(db, job, request.request_id or None)
+            lifecycle.insert(db, job, request.request_id or None, fingerprint)
             self.plane.events.append(
                 job.id,
                 f"Validating training file: {job.training_file}",
@@ -101,47 +113,19 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     @authenticated
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context) -> Job:
-        db, events = self.plane.db, self.plane.events
-        with write(db):
-            job = lifecycle.load(db, request.job_id, caller_org())
-            if job.state in (Job.STATE_RUNNING, Job.STATE_PAUSING):
-                # The trainer sees the command at its next heartbeat and stops
-                # within one step; it then reports CANCELLED.
-                lifecycle.save(db, job, command=worker_pb2.COMMAND_CANCEL)
-                events.append(job.id, "Cancellation requested; stopping the trainer")
-            else:
-                lifecycle.transition(db, events, job, Job.STATE_CANCELLED, "Job cancelled")
-        self.plane.wake_scheduler()
-        return job
+        return self._steer(request.job_id, "cancel")
 
     @authenticated
     async def PauseJob(self, request: jobs_pb2.PauseJobRequest, context) -> Job:
-        db = self.plane.db
-        with write(db):
-            job = lifecycle.load(db, request.job_id, caller_org())
-            lifecycle.transition(
-                db,
-                self.plane.events,
-                job,
-                Job.STATE_PAUSING,
-                "Pause requested; saving a checkpoint",
-                command=worker_pb2.COMMAND_PAUSE,
-            )
-        return job
+        return self._steer(request.job_id, "pause")
 
     @authenticated
     async def ResumeJob(self, request: jobs_pb2.ResumeJobRequest, context) -> Job:
-        db = self.plane.db
-        with write(db):
-            job = lifecycle.load(db, request.job_id, caller_org())
-            lifecycle.transition(
-                db,
-                self.plane.events,
-                job,
-                Job.STATE_QUEUED,
-                "Job resumed; waiting for a trainer",
-                command=worker_pb2.COMMAND_CONTINUE,
-            )
+        return self._steer(request.job_id, "resume")
+
+    def _steer(self, job_id: str, command: str) -> Job:
+        with write(self.plane.db):
+            job = lifecycle.steer(self.plane.db, self.plane.events, job_id, caller_org(), command)
         self.plane.wake_scheduler()
         return job
 

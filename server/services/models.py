@@ -13,7 +13,7 @@ import logging
 import grpc
 from google.protobuf import empty_pb2
 
-from server import registry
+from server import exports, registry
 from server.control_plane import ControlPlane, authenticated, caller_org
 from server.errors import FailedPrecondition, InvalidArgument, Unavailable
 from server.store import pages, records
@@ -87,7 +87,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             target = registry.fine_tuned(db, org, export.model_id) or registry.Target("")
             return worker_pb2.InferenceServiceGenerateRequest(
                 base_model=target.base_model,
-                onnx_export=f"exports/{export.id}",
+                onnx_export=exports.output_key(export.id),
                 request=request,
             )
         target = registry.resolve(db, self.plane.blobs, org, request.model_id, self._base_models())
@@ -138,11 +138,11 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         db = self.plane.db
         records.get(db, "models", FineTunedModel, caller_org(), request.model_id)
         with write(db):
-            adapter = registry.delete(db, request.model_id)
-        await self._unload(adapter)
-        # Only what the model store holds, never another key.
-        if adapter.startswith(f"{registry.MODELS}/"):
-            await asyncio.to_thread(self.plane.blobs.delete, adapter)
+            deleted = registry.delete(db, request.model_id, exports.output_key)
+        for adapter in deleted.adapters:
+            await self._unload(adapter)
+        for key in deleted.blobs:
+            await asyncio.to_thread(self.plane.blobs.delete, key)
         return empty_pb2.Empty()
 
     async def _unload(self, adapter: str) -> None:

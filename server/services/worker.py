@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
 
 from google.protobuf import json_format
@@ -38,8 +39,12 @@ Export = exports_pb2.Export
 # Errors that may pass on another attempt (a crash, an out-of-memory); bad
 # arguments fail at once.
 RETRYABLE = frozenset({"training_error"})
+# The checkpoint a worker was given to resume from is gone or damaged: it is never given
+# again, and the job resumes from an older one without spending an attempt.
+CHECKPOINT_DAMAGED = "checkpoint_corrupt"
 LEVELS = frozenset({Event.LEVEL_INFO, Event.LEVEL_WARN, Event.LEVEL_ERROR})
 MAX_WAIT_SECONDS = 60.0
+CANCEL, CONTINUE = lifecycle.CANCEL, lifecycle.CONTINUE
 LEASED_JOB = (Job.STATE_RUNNING, Job.STATE_PAUSING)
 
 
@@ -105,6 +110,38 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         )
         return exports.load(self.plane.db, lease.job_id)
 
+    def _refuse_if_cancelled(self, lease: Lease) -> None:
+        """Cancel wins within one step. Once a cancel is accepted, the trainer's next
+        report (each step makes one) ends the job CANCELLED and is refused, so the trainer
+        stops there rather than at its next heartbeat; heartbeats still carry the cancel to
+        a trainer between reports (loading the model, validating, saving)."""
+        db = self.plane.db
+        if kind_of(lease) != Kind.KIND_TRAIN or lifecycle.pending(db, lease.job_id) != CANCEL:
+            return
+        with write(db):
+            self._cancel(self._leased(lease))
+        self._release(lease)
+        raise FailedPrecondition(f"job {lease.job_id!r} was cancelled: stop training")
+
+    def _cancel(self, job: Job) -> None:
+        lifecycle.transition(
+            self.plane.db,
+            self.plane.events,
+            job,
+            Job.STATE_CANCELLED,
+            "Job cancelled",
+            lease_expires_at=None,
+            command=CONTINUE,
+        )
+
+    def _release(self, lease: Lease) -> None:
+        """`lease` has ended: no worker holds it, and its workers may take more work."""
+        for worker, held in list(self.plane.holding.items()):
+            if held == lease:
+                del self.plane.holding[worker]
+        self._pace.pop(lease.job_id, None)
+        self.plane.post(kind_of(lease))
+
     @worker_call
     async def AcquireLease(self, request: worker_pb2.AcquireLeaseRequest, context):
         worker = request.worker
@@ -154,11 +191,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             if row is None:
                 return None
             job, epoch = lifecycle.load(db, row[0]), row[1] + 1
-            job.progress.attempt += 1
-            step = db.execute(
-                "SELECT MAX(step) FROM checkpoints WHERE job_id = ?", [job.id]
-            ).fetchone()[0]
-            if job.progress.attempt == 1 and not step:
+            # Attempts are numbered from 1 and only a failure moves to the next
+            # (`lifecycle.end_attempt`): a resume after a pause goes on with the same.
+            job.progress.attempt = max(job.progress.attempt, 1)
+            step, resume = self._resume_point(job.id)
+            if epoch == 1:
                 message = "Fine-tuning job started"
             elif step:
                 message = f"Resuming from checkpoint step {step} (attempt {job.progress.attempt})"
@@ -186,9 +223,57 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 },
             )
             lease = Lease(job_id=job.id, epoch=epoch, kind=Kind.KIND_TRAIN)
-            return worker_pb2.AcquireLeaseResponse(lease=lease, train=self._train_work(job, lease))
+            return worker_pb2.AcquireLeaseResponse(
+                lease=lease, train=self._train_work(job, lease, resume)
+            )
 
-    def _train_work(self, job: Job, lease: Lease) -> worker_pb2.TrainWork:
+    def _resume_point(self, job_id: str) -> tuple[int, str]:
+        """The newest checkpoint still stored as it was registered, as (step, key); (0, "")
+        when there is none. A newer one found gone or changed is marked damaged (with an
+        event saying why) and never chosen again. In a write transaction."""
+        rows = self.plane.db.execute(
+            "SELECT step, path, files FROM checkpoints WHERE job_id = ? AND damaged IS NULL"
+            " ORDER BY step DESC",
+            [job_id],
+        ).fetchall()
+        for step, key, files in rows:
+            found = self.plane.blobs.sizes(key)
+            registered = json.loads(files) if files else None
+            if not found:
+                self._mark_damaged(job_id, key, "its files are gone")
+            elif registered is not None and found != registered:
+                name = min(n for n in {*found, *registered} if found.get(n) != registered.get(n))
+                self._mark_damaged(
+                    job_id,
+                    key,
+                    f"{name} has {found.get(name, 'no')} bytes, registered with "
+                    f"{registered.get(name, 'no')}",
+                )
+            else:
+                return step, key
+        return 0, ""
+
+    def _mark_damaged(self, job_id: str, key: str, why: str) -> bool:
+        """Never resume from checkpoint `key` again, saying why; False if it was not a
+        checkpoint of the job that could be resumed from. In a write transaction."""
+        row = self.plane.db.execute(
+            "SELECT step FROM checkpoints WHERE job_id = ? AND path = ? AND damaged IS NULL",
+            [job_id, key],
+        ).fetchone()
+        if row is None:
+            return False
+        self.plane.db.execute(
+            "UPDATE checkpoints SET damaged = ? WHERE job_id = ? AND path = ?", [why, job_id, key]
+        )
+        self.plane.events.append(
+            job_id,
+            f"Checkpoint step {row[0]} cannot be resumed from ({why}); using an older one",
+            level=Event.LEVEL_WARN,
+            data={"step": row[0], "reason": why},
+        )
+        return True
+
+    def _train_work(self, job: Job, lease: Lease, resume: str) -> worker_pb2.TrainWork:
         db = self.plane.db
         names = dict(
             db.execute(
@@ -203,15 +288,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             filename = files_pb2.File.FromString(names[file_id]).filename
             return worker_pb2.BlobRef(key=f"files/{file_id}", filename=filename)
 
-        latest = db.execute(
-            "SELECT path FROM checkpoints WHERE job_id = ? ORDER BY step DESC LIMIT 1", [job.id]
-        ).fetchone()
         return worker_pb2.TrainWork(
             job=job,
             base_model=job.base_model,
             training_file=ref(job.training_file),
             validation_file=ref(job.validation_file),
-            resume_checkpoint=latest[0] if latest else "",
+            resume_checkpoint=resume,
             checkpoint_prefix=f"checkpoints/{job.id}/attempt-{lease.epoch}",
             model_prefix=registry.adapter_prefix(job.id),
             results_file=f"files/{results_file_id(lease)}",
@@ -269,6 +351,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     @worker_call
     async def ReportPlan(self, request: worker_pb2.ReportPlanRequest, context):
+        self._refuse_if_cancelled(request.lease)
         db = self.plane.db
         with write(db):
             job = self._leased(request.lease)
@@ -298,6 +381,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def ReportEvent(self, request: worker_pb2.ReportEventRequest, context):
         if request.level not in LEVELS:
             raise InvalidArgument.field("level", "must be INFO, WARN or ERROR")
+        self._refuse_if_cancelled(request.lease)
         with write(self.plane.db):
             if kind_of(request.lease) == Kind.KIND_EXPORT:
                 parent = self._leased_export(request.lease)[0].id
@@ -314,6 +398,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     @worker_call
     async def ReportMetrics(self, request: worker_pb2.ReportMetricsRequest, context):
+        self._refuse_if_cancelled(request.lease)
         db = self.plane.db
         metrics = json_format.MessageToDict(request.metrics)
         with write(db):
@@ -351,12 +436,24 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         db = self.plane.db
         if not request.path or not request.adapter:
             raise InvalidArgument.field("path" if not request.path else "adapter", "required")
+        self._refuse_if_cancelled(request.lease)
+        # Its files as registered: what a resume later checks it against.
+        files = self.plane.blobs.sizes(request.path)
         with write(db):
             job = self._leased(request.lease)
+            if not files:
+                raise InvalidArgument.field("path", "no checkpoint is stored at this key")
             row = db.execute(
-                "SELECT proto FROM checkpoints WHERE job_id = ? AND step = ?",
+                "SELECT proto, damaged FROM checkpoints WHERE job_id = ? AND step = ?",
                 [job.id, request.step],
             ).fetchone()
+            if row and row[1] is not None:
+                # The step written again, whole, after its first copy was found damaged.
+                db.execute(
+                    "UPDATE checkpoints SET path = ?, files = ?, damaged = NULL"
+                    " WHERE job_id = ? AND step = ?",
+                    [request.path, json.dumps(files), job.id, request.step],
+                )
             if row:
                 return worker_pb2.ReportCheckpointResponse(
                     checkpoint=checkpoints_pb2.Checkpoint.FromString(row[0])
@@ -378,6 +475,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     "step": checkpoint.step,
                     "created_at": now(),
                     "path": request.path,
+                    "files": json.dumps(files),
                     "proto": checkpoint.SerializeToString(),
                 }
             )
@@ -408,10 +506,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             self._end_export(request)
         else:
             self._end_training(request)
-        for worker, lease in list(self.plane.holding.items()):
-            if lease == request.lease:
-                del self.plane.holding[worker]
-        self.plane.post(kind)
+        self._release(request.lease)
         return worker_pb2.ReportResultResponse()
 
     def _end_export(self, request: worker_pb2.ReportResultRequest) -> None:
@@ -442,8 +537,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         db, events = self.plane.db, self.plane.events
         with write(db):
             job = self._leased(request.lease)
-            done = {"lease_expires_at": None, "command": worker_pb2.COMMAND_CONTINUE}
-            if request.outcome == Outcome.OUTCOME_SUCCEEDED:
+            done = {"lease_expires_at": None, "command": CONTINUE}
+            command = lifecycle.pending(db, job.id)
+            # Cancel wins: once accepted, however the attempt ended, the job is cancelled.
+            if command == CANCEL or request.outcome == Outcome.OUTCOME_CANCELLED:
+                self._cancel(job)
+            elif request.outcome == Outcome.OUTCOME_SUCCEEDED:
                 self._succeed(job, request)
                 lifecycle.transition(
                     db,
@@ -453,8 +552,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     "The job has successfully completed",
                     **done,
                 )
-            elif request.outcome == Outcome.OUTCOME_CANCELLED:
-                lifecycle.transition(db, events, job, Job.STATE_CANCELLED, "Job cancelled", **done)
             elif request.outcome == Outcome.OUTCOME_PAUSED:
                 lifecycle.transition(
                     db,
@@ -464,10 +561,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     f"Job paused at step {job.progress.step}; resume to continue",
                     **done,
                 )
-            elif request.outcome == Outcome.OUTCOME_FAILED and request.error.code in RETRYABLE:
-                (command,) = db.execute(
-                    "SELECT command FROM jobs WHERE id = ?", [job.id]
-                ).fetchone()
+            elif request.outcome == Outcome.OUTCOME_FAILED and (
+                request.error.code in RETRYABLE or request.error.code == CHECKPOINT_DAMAGED
+            ):
+                # Resuming from an older checkpoint is no retry of what failed: it spends
+                # no attempt (and each checkpoint is marked once, so this ends).
+                older = request.error.code == CHECKPOINT_DAMAGED and self._mark_damaged(
+                    job.id, request.error.param, request.error.message
+                )
                 lifecycle.end_attempt(
                     db,
                     events,
@@ -476,6 +577,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     request.error.message,
                     max_attempts=self.plane.settings.max_attempts,
                     error_code=request.error.code,
+                    counts=not older,
                 )
             elif request.outcome == Outcome.OUTCOME_FAILED:
                 job.error.CopyFrom(request.error)
@@ -491,7 +593,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 )
             else:
                 raise InvalidArgument.field("outcome", "required")
-        self._pace.pop(job.id, None)
 
     def _succeed(self, job: Job, request: worker_pb2.ReportResultRequest) -> None:
         if not request.adapter_path:

@@ -11,6 +11,7 @@ blob; a directory is written whole (`put_dir`) or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -57,7 +58,9 @@ class BlobWriter:
         return self.key
 
     def discard(self) -> None:
-        self._file.close()
+        # Closing flushes, which fails again on a full disk: the file goes all the same.
+        with contextlib.suppress(OSError):
+            self._file.close()
         self.store.delete(self.tmp)
 
 
@@ -112,6 +115,32 @@ class BlobStore:
             for entry in self.fs.ls(full, detail=True)
             if entry["type"] == "directory"
         )
+
+    def sizes(self, key: str) -> dict[str, int]:
+        """The blobs under directory `key` by path relative to it, with their sizes;
+        empty when there is no such directory."""
+        full = self._full(key)
+        if not self.fs.isdir(full):
+            return {}
+        found = self.fs.find(full, detail=True)
+        return {path[len(full) + 1 :]: int(info["size"]) for path, info in found.items()}
+
+    def stale(self, prefix: str, before: float) -> list[str]:
+        """The keys right under `prefix` (blobs or directories) last modified before
+        `before`, a Unix time; one whose time the store cannot tell is left out."""
+        full = self._full(prefix)
+        if not self.fs.exists(full):
+            return []
+        found = []
+        for entry in self.fs.ls(full, detail=True):
+            key = f"{prefix}/{entry['name'].rstrip('/').rsplit('/', 1)[-1]}"
+            try:
+                modified = self.fs.modified(self._full(key)).timestamp()
+            except (OSError, NotImplementedError):
+                continue
+            if modified < before:
+                found.append(key)
+        return found
 
     def local_path(self, key: str) -> Path | None:
         """The key's path on this machine's file system, when the store is a local

@@ -88,4 +88,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE exports ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX exports_by_state ON exports (state, created_at)
     """,
+    # 3: what a job's request_id was first used for, so a reuse with other parameters is
+    # refused instead of answered with the first job (NULL for jobs created before).
+    """
+    ALTER TABLE jobs ADD COLUMN request_hash TEXT
+    """,
+    # 4: a checkpoint's files as registered (name -> bytes, JSON), and why it can no longer
+    # be resumed from (NULL while it can), so a damaged one is skipped, not retried.
+    """
+    ALTER TABLE checkpoints ADD COLUMN files TEXT;
+    ALTER TABLE checkpoints ADD COLUMN damaged TEXT
+    """,
 ]

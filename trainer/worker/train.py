@@ -15,7 +15,13 @@ from typing import Any
 from server.store.blobs import BlobStore
 from trainer import models
 from trainer.args import JOB_HYPERPARAMETERS, InvalidArgs, TrainArgs
-from trainer.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, list_checkpoints
+from trainer.checkpoints import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    CorruptCheckpoint,
+    list_checkpoints,
+    verify_checkpoint,
+)
 from trainer.recipe import Callbacks, RunInfo, train
 from trainer.worker.lease import Lease, Outcome, is_nan, struct
 from tunewire.v1 import checkpoints_pb2, common_pb2, jobs_pb2, worker_pb2
@@ -59,7 +65,7 @@ def train_args(work: worker_pb2.TrainWork, place: Place, epoch: int) -> TrainArg
         "validation_file_name": valid.filename if valid else "",
         "output_dir": str(place.scratch / "jobs" / job.id / f"attempt-{epoch}"),
         "seed": job.seed,
-        "resume_from": str(blobs.get_dir(work.resume_checkpoint, cache))
+        "resume_from": _fetch_checkpoint(blobs, work.resume_checkpoint, cache)
         if work.resume_checkpoint
         else None,
     }
@@ -73,11 +79,29 @@ def train_args(work: worker_pb2.TrainWork, place: Place, epoch: int) -> TrainArg
     return TrainArgs(**values)
 
 
+def _fetch_checkpoint(blobs: BlobStore, key: str, cache: Path) -> str:
+    """The checkpoint to resume from, fetched and checked against the checksums it was
+    saved with; CorruptCheckpoint when it is gone or damaged."""
+    try:
+        path = blobs.get_dir(key, cache)
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"checkpoint {key} is missing") from None
+    verify_checkpoint(path)
+    return str(path)
+
+
 def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
     """Train the leased attempt to its end and report the outcome (a lost lease ends it
     without a word: the control plane has given the job to another attempt)."""
     try:
         args = train_args(work, place, lease.lease.epoch)
+    except CorruptCheckpoint as error:  # the control plane resumes from an older one
+        lease.fail(
+            "checkpoint_corrupt",
+            f"the checkpoint to resume from is damaged: {error}",
+            param=work.resume_checkpoint,
+        )
+        return
     except ValueError as error:  # the models dir changed since the job was created
         lease.fail("invalid_base_model", str(error), param="base_model")
         return
