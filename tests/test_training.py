@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -243,6 +244,40 @@ def test_a_file_with_validation_errors_never_trains(org: Org):
     assert all(
         j.training_file != bad.id for j in org.jobs.ListJobs(jobs_pb2.ListJobsRequest()).jobs
     )
+
+
+def test_a_failure_that_would_repeat_fails_at_once(tmp_path: Path, models_dir: Path):
+    # A base model the recipe cannot train (an encoder) fails the same way on every
+    # attempt: it used to be retried up to the limit as a training_error.
+    from transformers import BertConfig, BertModel
+
+    models = tmp_path / "models"
+    shutil.copytree(models_dir / "tiny-llama", models / "tiny-llama")
+    encoder = models / "tiny-bert"
+    config = BertConfig(
+        vocab_size=2048,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertModel(config).save_pretrained(encoder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (models / "tiny-llama" / name).exists():
+            shutil.copy(models / "tiny-llama" / name, encoder / name)
+    srv = launch(tmp_path / "home", models, tmp_path / "logs", TUNEWIRE_MAX_RUNNING_JOBS="1")
+    try:
+        org = srv.default
+        job = org.create_job(org.upload_sample().id, base_model="tiny-bert", seed=1)
+        run_to_end(org, job.id)
+        done = org.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
+        assert done.state == Job.STATE_FAILED
+        assert (done.error.code, done.error.param) == ("invalid_base_model", "base_model")
+        assert "is not a causal language model" in done.error.message
+        assert done.progress.attempt == 1
+    finally:
+        srv.terminate()
+        srv.kill()
 
 
 def test_a_poison_step_fails_the_job_after_the_retry_limit(start_server, models_dir: Path):

@@ -41,6 +41,15 @@ class InvalidArgs(ValueError):
         self.problems = problems
 
 
+class Refused(ValueError):
+    """A run that cannot go ahead and would fail the same way on every attempt: the data,
+    the base model or the checkpoint does not fit. Reported with `code`, never retried."""
+
+    def __init__(self, code: str, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.code, self.field = code, field
+
+
 @dataclass(frozen=True)
 class Hyperparameters:
     """The concrete values a run uses once "auto" is resolved; reported back to the user."""

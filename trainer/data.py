@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
+from trainer.args import Refused
 from trainer.formats import Example, Format, Message, read_examples
 
 IGNORE_INDEX = -100
@@ -177,8 +178,10 @@ def _render(
 
 def _suffix(prefix: str, text: str) -> str:
     if not text.startswith(prefix):
-        raise ValueError(
+        raise Refused(
+            "invalid_base_model",
+            "base_model",
             "the tokenizer's chat template is not prefix-stable (rendering more messages "
-            "changes the text of earlier ones), so assistant tokens cannot be located"
+            "changes the text of earlier ones), so assistant tokens cannot be located",
         )
     return text[len(prefix) :]

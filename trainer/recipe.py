@@ -29,7 +29,7 @@ from peft import PeftModel, get_peft_model
 from transformers.utils import logging as transformers_logging
 
 from trainer import batching, checkpoints, data, lora, models
-from trainer.args import Hyperparameters, TrainArgs
+from trainer.args import Hyperparameters, Refused, TrainArgs
 
 Command = Literal["continue", "cancel", "pause"]
 Level = Literal["info", "warn", "error"]
@@ -196,9 +196,11 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
 
     base = models.describe(Path(args.base_model), Path(args.base_model).name)
     if not base.architecture.endswith("ForCausalLM"):
-        raise ValueError(
-            f"base_model: {base.architecture} is not a causal language model; "
-            "this recipe fine-tunes decoder models"
+        raise Refused(
+            "invalid_base_model",
+            "base_model",
+            f"{base.architecture} is not a causal language model; "
+            "this recipe fine-tunes decoder models",
         )
     if device.type == "cpu" and (args.cpu_threads or base.parameters < SMALL_MODEL):
         torch.set_num_threads(args.cpu_threads or 1)
@@ -206,7 +208,9 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
     max_seq_len = min(args.max_seq_len, base.context_length or args.max_seq_len)
     train_data = data.load_file(args.train_file, tokenizer, max_seq_len, args.train_file_name)
     if not train_data.sequences:
-        raise ValueError("train_file: no example has a token to learn from")
+        raise Refused(
+            "invalid_training_file", "training_file", "no example has a token to learn from"
+        )
     valid_data = (
         data.load_file(args.validation_file, tokenizer, max_seq_len, args.validation_file_name)
         if args.validation_file
@@ -218,9 +222,11 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
     resume = checkpoints.load_checkpoint(args.resume_from) if args.resume_from else None
     data_fingerprint = train_data.fingerprint()
     if resume and resume.trainer_state["data_fingerprint"] != data_fingerprint:
-        raise ValueError(
-            "resume_from: the checkpoint was trained on other data (or another tokenizer "
-            "or max_seq_len), so its data position does not apply"
+        raise Refused(
+            "checkpoint_mismatch",
+            "resume_from",
+            "the checkpoint was trained on other data (or another tokenizer or "
+            "max_seq_len), so its data position does not apply",
         )
     # A resumed run keeps the hyperparameters it started with, whatever "auto" would say.
     hp = (
@@ -233,9 +239,11 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
     steps_per_epoch = math.ceil(micro_batches_per_epoch / args.gradient_accumulation_steps)
     total_steps = steps_per_epoch * hp.n_epochs
     if resume and resume.trainer_state["total_steps"] != total_steps:
-        raise ValueError(
-            "resume_from: the checkpoint's run had another number of steps; resume with "
-            "the gradient_accumulation_steps it started with"
+        raise Refused(
+            "checkpoint_mismatch",
+            "resume_from",
+            "the checkpoint's run had another number of steps; resume with the "
+            "gradient_accumulation_steps it started with",
         )
 
     model = models.load_causal_lm(args.base_model, torch.bfloat16 if bf16 else torch.float32)

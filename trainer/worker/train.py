@@ -14,7 +14,7 @@ from typing import Any
 
 from server.store.blobs import BlobStore
 from trainer import models
-from trainer.args import JOB_HYPERPARAMETERS, InvalidArgs, TrainArgs
+from trainer.args import JOB_HYPERPARAMETERS, InvalidArgs, Refused, TrainArgs
 from trainer.checkpoints import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -188,6 +188,9 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
     except InvalidArgs as error:
         field = error.problems[0].field if error.problems else ""
         lease.fail("invalid_hyperparameters", str(error), param=field)
+        return
+    except Refused as error:  # it would fail the same way again: no retry
+        lease.fail(error.code, str(error), param=error.field)
         return
     if lease.lost.is_set():
         return
