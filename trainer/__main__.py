@@ -3,6 +3,7 @@
 python -m trainer init-tiny .tunewire/models
 python -m trainer list .tunewire/models
 python -m trainer train args.json    # TrainArgs as JSON; Ctrl-C pauses at a checkpoint
+torchrun --nproc-per-node 2 -m trainer train args.json   # the same run, data-parallel
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from trainer import models
 from trainer.args import TrainArgs
+from trainer.distributed import init_from_env
 from trainer.recipe import Callbacks, Command, RunInfo, train
 
 
@@ -38,9 +40,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"\tctx {model.context_length}\t{model.path}"
             )
     else:
+        ranks = init_from_env()
         args = TrainArgs.from_dict(json.loads(Path(options.args).read_text(encoding="utf-8")))
-        result = train(args, _printing_callbacks())
-        print(json.dumps(dataclasses.asdict(result), default=str, indent=2))
+        if not ranks.leader:  # rank 0's files are the run's; the others write their own
+            args.output_dir = f"{args.output_dir}-rank-{ranks.rank}"
+        result = train(args, _printing_callbacks() if ranks.leader else Callbacks())
+        if ranks.leader:
+            print(json.dumps(dataclasses.asdict(result), default=str, indent=2))
     return 0
 
 

@@ -30,6 +30,7 @@ from transformers.utils import logging as transformers_logging
 
 from trainer import batching, checkpoints, data, lora, models
 from trainer.args import Hyperparameters, Refused, TrainArgs
+from trainer.distributed import Ranks
 
 Command = Literal["continue", "cancel", "pause"]
 Level = Literal["info", "warn", "error"]
@@ -189,7 +190,9 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
     transformers_logging.disable_progress_bar()
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # Data-parallel ranks (torchrun, Ray Train) each run this whole recipe; alone: 0 of 1.
+    ranks = Ranks.current()
+    device = ranks.device()
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     output_dir = Path(args.output_dir)
     checkpoint_root = output_dir / "checkpoints"
@@ -372,7 +375,7 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
         accumulation = args.gradient_accumulation_steps
         groups = [plan[i : i + accumulation] for i in range(0, len(plan), accumulation)]
         for index in range(start_batch if epoch == start_epoch else 0, len(groups)):
-            command = cb.control()
+            command = ranks.from_leader(cb.control())
             if command == "cancel":
                 return result("cancelled", False, None)
             if command == "pause":
@@ -389,7 +392,14 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
                 for part in batching.split_by_length(batch, lengths, pass_cost)
             ]
             train_loss, train_accuracy = _train_step(
-                model, optimizer, scheduler, trainable, micro_batches, bf16, args.max_grad_norm
+                model,
+                optimizer,
+                scheduler,
+                trainable,
+                micro_batches,
+                bf16,
+                args.max_grad_norm,
+                ranks,
             )
             real_tokens = sum(batch.real_tokens for batch in micro_batches)
             log_tokens += real_tokens
@@ -510,17 +520,20 @@ def _train_step(
     micro_batches: list[batching.Batch],
     bf16: bool,
     max_grad_norm: float,
+    ranks: Ranks,
 ) -> tuple[float, float]:
     """One optimizer step over accumulated micro-batches; returns its loss and accuracy.
 
     Each micro-batch's summed loss is divided by the loss tokens of the whole step, so the
-    gradient is the token mean over the step however its tokens fall into micro-batches.
+    gradient is the token mean over the step however its tokens fall into micro-batches,
+    and however they fall to data-parallel ranks: each rank trains its share, and the
+    summed gradients are those of the whole step.
     """
     device = next(model.parameters()).device
     label_tokens = sum(batch.label_tokens for batch in micro_batches)
     loss_total = torch.zeros((), device=device)
-    correct_total = torch.zeros((), device=device, dtype=torch.long)
-    for batch in micro_batches:
+    correct_total = torch.zeros((), device=device)
+    for batch in ranks.mine(micro_batches):
         batch = batch.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(
@@ -530,6 +543,8 @@ def _train_step(
         (loss_sum / label_tokens).backward()
         loss_total += loss_sum.detach()
         correct_total += correct
+    ranks.sum_gradients(trainable)
+    loss_total, correct_total = ranks.sum(torch.stack([loss_total, correct_total]))
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
     optimizer.step()
