@@ -21,6 +21,7 @@ MAX_SEED = 2_147_483_647
 MIN_EXAMPLES = 10  # OpenAI's minimum; documents (text) are chunked, so exempt
 MAX_METADATA = 16
 MAX_REQUEST_ID = 128
+MAX_WORKERS = 8  # data-parallel ranks on one machine
 
 
 def check_hyperparameters(hp: jobs_pb2.Hyperparameters) -> list[tuple[str, str]]:
@@ -96,6 +97,9 @@ def check_create(
         problems += _check_file(db, org, "job.validation_file", job.validation_file)[0]
 
     problems += check_hyperparameters(job.hyperparameters)
+    workers = job.compute.workers
+    if job.compute.HasField("workers") and not 1 <= workers <= MAX_WORKERS:
+        problems.append(("job.compute.workers", f"{workers} is out of range [1, {MAX_WORKERS}]"))
     if job.HasField("seed") and not 0 <= job.seed <= MAX_SEED:
         problems.append(("job.seed", f"must be in [0, {MAX_SEED}]"))
     if job.suffix and not SUFFIX.fullmatch(job.suffix):

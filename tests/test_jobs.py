@@ -592,3 +592,13 @@ def test_update_job_changes_metadata_only(org: Org, train_file: File) -> None:
         org.jobs.UpdateJob,
         jobs_pb2.UpdateJobRequest(job=Job(id="ftjob-" + "0" * 24), update_mask=mask),
     )
+
+
+@pytest.mark.parametrize("workers", [0, 9, -1])
+def test_create_names_a_process_count_out_of_range(
+    org: Org, train_file: File, workers: int
+) -> None:
+    violations = _bad_create(
+        org, training_file=train_file.id, compute=jobs_pb2.Compute(workers=workers)
+    )
+    assert violations == {"job.compute.workers": f"{workers} is out of range [1, 8]"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,8 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_faults_training import Follower
+from test_training import losses as metric_losses
+from test_training import run_to_end
 
 from trainer.checkpoints import ADAPTER_WEIGHTS
+from tunewire.v1 import jobs_pb2
+
+Job, Compute = jobs_pb2.Job, jobs_pb2.Compute
 
 ASSETS = Path(__file__).resolve().parent.parent / "trainer" / "assets"
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -92,3 +99,52 @@ def test_two_ranks_train_the_same_run_as_one_process(tiny: Path, tmp_path: Path)
     assert sorted(p.name for p in (ranked / "checkpoints").iterdir()) == sorted(
         p.name for p in (alone / "checkpoints").iterdir()
     )
+
+
+# --- through the service: a job that asks for two processes ------------------------------
+
+
+def test_a_job_on_two_processes_trains_the_same_run_as_on_one(start_server) -> None:
+    srv = start_server(TUNEWIRE_MAX_RUNNING_JOBS="1")
+    org = srv.default
+    upload = org.upload_sample()
+    hp = jobs_pb2.Hyperparameters(
+        n_epochs=1, batch_size=8, learning_rate_multiplier=10, lora_dropout=0.0
+    )
+    runs = {}
+    for workers in (1, 2):
+        job = org.create_job(
+            upload.id, seed=4, hyperparameters=hp, compute=Compute(workers=workers)
+        )
+        events = run_to_end(org, job.id)
+        done = org.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
+        assert done.state == Job.STATE_SUCCEEDED, [e.message for e in events]
+        runs[workers] = (done, events)
+    one, two = (metric_losses(runs[n][1]) for n in (1, 2))
+    assert [step for step, _ in two] == [step for step, _ in one] == list(range(1, 9))
+    assert [loss for _, loss in two] == pytest.approx([loss for _, loss in one], rel=1e-4)
+    assert any(e.message.startswith("Training on 2 data-parallel processes") for e in runs[2][1])
+    assert runs[2][0].compute.workers == 2 and runs[2][0].fine_tuned_model
+
+
+def test_a_dead_rank_ends_the_attempt_and_the_job_resumes(start_server) -> None:
+    srv = start_server(TUNEWIRE_MAX_RUNNING_JOBS="1")
+    org = srv.default
+    hp = jobs_pb2.Hyperparameters(n_epochs=3, batch_size=8, checkpoint_every_steps=2)
+    job = org.create_job(
+        org.upload_sample().id, seed=5, hyperparameters=hp, compute=Compute(workers=2)
+    )
+    follower = Follower(org, job.id)
+    spawned = follower.wait_for(lambda e: e.message.startswith("Training on 2"))
+    follower.wait_for(lambda e: e.message.startswith("Checkpoint"), spawned.sequence)
+    rank_1 = int(spawned.data["pids"][0])
+    os.kill(rank_1, signal.SIGKILL)
+    events = follower.join()
+    done = org.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
+    assert done.state == Job.STATE_SUCCEEDED, follower.messages
+    assert done.progress.attempt == 2
+    resumed = [
+        e.message for e in events if e.message.startswith(("Resuming from", "Trainer attempt 1"))
+    ]
+    assert len(resumed) == 2, follower.messages
+    assert len([e for e in events if e.message.startswith("Training on 2")]) == 2

@@ -11,9 +11,19 @@ that count; the command to cancel or pause comes from rank 0 to all.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -94,3 +104,65 @@ def init_from_env() -> Ranks:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
     return Ranks.current()
+
+
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+"""How long a rank waits in a collective for the others (a validation or a checkpoint of a
+big model runs on every rank between steps) before it gives up on them."""
+
+
+@contextlib.contextmanager
+def data_parallel(args: Any, world: int, scratch: Path) -> Iterator[list[int]]:
+    """This process as rank 0 of `world`, with ranks 1.. started here as child processes
+    (`python -m trainer train`, the arguments of `args` as JSON in `scratch`) and joined in
+    one process group for the run; yields the children's pids. A rank that dies fails the
+    collective the others are in, which ends the run; leaving ends the group and the
+    children."""
+    if world <= 1:
+        yield []
+        return
+    scratch.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as probe:  # the rendezvous port: rank 0 binds it again at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec = scratch / f"ranks-{port}.json"
+    spec.write_text(json.dumps(dataclasses.asdict(args)), encoding="utf-8")
+    env = {
+        **os.environ,
+        "WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    children: list[subprocess.Popen] = []
+    try:
+        for rank in range(1, world):
+            with open(scratch / f"rank-{rank}.log", "ab") as log:
+                children.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "trainer", "train", str(spec)],
+                        env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=log,
+                        start_new_session=True,
+                    )
+                )
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(
+            backend,
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=0,
+            world_size=world,
+            timeout=COLLECTIVE_TIMEOUT,
+        )
+        yield [child.pid for child in children]
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for child in children:
+            try:
+                child.wait(timeout=30)  # a finished run's ranks write their files and exit
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.wait()

@@ -22,6 +22,7 @@ from trainer.checkpoints import (
     list_checkpoints,
     verify_checkpoint,
 )
+from trainer.distributed import data_parallel
 from trainer.recipe import Callbacks, RunInfo, train
 from trainer.worker.lease import Lease, Outcome, is_nan, struct
 from tunewire.v1 import checkpoints_pb2, common_pb2, jobs_pb2, worker_pb2
@@ -173,18 +174,25 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
         )
         _prune(blobs, work.checkpoint_prefix, path.parent)
 
+    world = work.job.compute.workers or 1
     try:
-        result = train(
-            args,
-            Callbacks(
-                on_start=on_start,
-                on_metrics=on_metrics,
-                on_event=on_event,
-                on_validation=on_validation,
-                on_checkpoint=on_checkpoint,
-                control=lease.control,
-            ),
-        )
+        with data_parallel(args, world, Path(args.output_dir).parent / "ranks") as pids:
+            if pids:
+                lease.event(
+                    f"Training on {world} data-parallel processes (pids {pids} beside this one)",
+                    {"ranks": world, "pids": pids},
+                )
+            result = train(
+                args,
+                Callbacks(
+                    on_start=on_start,
+                    on_metrics=on_metrics,
+                    on_event=on_event,
+                    on_validation=on_validation,
+                    on_checkpoint=on_checkpoint,
+                    control=lease.control,
+                ),
+            )
     except InvalidArgs as error:
         field = error.problems[0].field if error.problems else ""
         lease.fail("invalid_hyperparameters", str(error), param=field)

@@ -17,7 +17,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Job(_message.Message):
-    __slots__ = ("id", "base_model", "training_file", "validation_file", "method", "hyperparameters", "seed", "suffix", "metadata", "integrations", "state", "error", "fine_tuned_model", "trained_tokens", "result_files", "organization", "create_time", "finish_time", "estimated_finish", "progress")
+    __slots__ = ("id", "base_model", "training_file", "validation_file", "method", "hyperparameters", "seed", "suffix", "metadata", "integrations", "state", "error", "fine_tuned_model", "trained_tokens", "result_files", "organization", "create_time", "finish_time", "estimated_finish", "progress", "compute")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Job.State]
@@ -65,6 +65,7 @@ class Job(_message.Message):
     FINISH_TIME_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_FINISH_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_FIELD_NUMBER: _ClassVar[int]
     id: str
     base_model: str
     training_file: str
@@ -85,7 +86,8 @@ class Job(_message.Message):
     finish_time: _timestamp_pb2.Timestamp
     estimated_finish: _timestamp_pb2.Timestamp
     progress: Progress
-    def __init__(self, id: _Optional[str] = ..., base_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., seed: _Optional[int] = ..., suffix: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., integrations: _Optional[_Iterable[_Union[Integration, _Mapping]]] = ..., state: _Optional[_Union[Job.State, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., fine_tuned_model: _Optional[str] = ..., trained_tokens: _Optional[int] = ..., result_files: _Optional[_Iterable[str]] = ..., organization: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimated_finish: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+    compute: Compute
+    def __init__(self, id: _Optional[str] = ..., base_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., seed: _Optional[int] = ..., suffix: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., integrations: _Optional[_Iterable[_Union[Integration, _Mapping]]] = ..., state: _Optional[_Union[Job.State, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., fine_tuned_model: _Optional[str] = ..., trained_tokens: _Optional[int] = ..., result_files: _Optional[_Iterable[str]] = ..., organization: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimated_finish: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., compute: _Optional[_Union[Compute, _Mapping]] = ...) -> None: ...
 
 class Method(_message.Message):
     __slots__ = ("type",)
@@ -100,6 +102,12 @@ class Method(_message.Message):
     TYPE_FIELD_NUMBER: _ClassVar[int]
     type: Method.Type
     def __init__(self, type: _Optional[_Union[Method.Type, str]] = ...) -> None: ...
+
+class Compute(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: int
+    def __init__(self, workers: _Optional[int] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
     __slots__ = ("n_epochs", "batch_size", "learning_rate_multiplier", "beta", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "early_stopping_patience", "early_stopping_threshold", "checkpoint_every_steps")
