@@ -38,6 +38,7 @@ from bench.harness import (
 
 BENCHMARKS = [
     "training",
+    "data_parallel",
     "service",
     "queue",
     "latency",
@@ -51,6 +52,7 @@ BENCHMARKS = [
 SLOWEST_FIRST = [
     "onnx",
     "training",
+    "data_parallel",
     "service",
     "queue",
     "latency",

@@ -93,9 +93,29 @@ def test_two_ranks_train_the_same_run_as_one_process(tiny: Path, tmp_path: Path)
     assert weights["a"].keys() == weights["r"].keys()
     for key, value in weights["a"].items():
         torch.testing.assert_close(weights["r"][key], value, rtol=1e-4, atol=1e-6)
-    # The second rank trained too, and agrees with the first to the bit.
+    # The second rank trained too, and holds the very same weights as the first.
     follower = tmp_path / "ranked-rank-1"
     assert losses(follower) == losses(ranked)
+    for key, value in load_file(follower / "adapter" / ADAPTER_WEIGHTS).items():
+        assert torch.equal(value, weights["r"][key]), key
+
+    # A checkpoint resumes on either world size: the two-rank run's step 3 in one process,
+    # and the one-process run's step 3 on two ranks, each end where the unbroken run did.
+    for source, command, name in (
+        (ranked, [sys.executable], "ranks-to-one"),
+        (alone, [str(TORCHRUN), *rendezvous, "--master-port", str(free_port())], "one-to-ranks"),
+    ):
+        resumed = tmp_path / name
+        run(
+            command,
+            {
+                **args,
+                "output_dir": str(resumed),
+                "resume_from": str(source / "checkpoints" / "step-000003"),
+            },
+            tmp_path / f"{name}.json",
+        )
+        assert losses(resumed)[-3:] == pytest.approx(one[-3:], rel=1e-4, abs=1e-5), name
     assert sorted(p.name for p in (ranked / "checkpoints").iterdir()) == sorted(
         p.name for p in (alone / "checkpoints").iterdir()
     )
