@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -38,12 +39,21 @@ class Settings(BaseSettings):
     """Longest line of an uploaded training file; a longer one is reported as a problem of
     its line (`line_too_long`) and never held in memory."""
     max_running_jobs: int = 1
-    """Training workers the local executor keeps on this machine (jobs trained at once)."""
+    """Training workers the executor keeps running (jobs trained at once)."""
     export_workers: int = 1
-    """Export workers the local executor starts on this machine when exports wait."""
+    """Export workers the executor starts when exports wait."""
     inference_workers: int = 1
-    """Inference workers the local executor starts on this machine when generation is asked
-    for; each keeps its base models loaded."""
+    """Inference workers the executor starts when generation is asked for; each keeps its
+    base models loaded."""
+    executor: Literal["local", "ray"] = "local"
+    """Where the control plane runs its workers: `local` (processes on this machine) or
+    `ray` (actors on the Ray cluster at `ray_address`; needs the `ray` extra)."""
+    ray_address: str = ""
+    """The Ray cluster's address (`HOST:PORT`), for the ray executor."""
+    ray_train_cpus: float = 1.0
+    """CPUs each training worker asks Ray for."""
+    ray_train_gpus: float = 0.0
+    """GPUs each training worker asks Ray for."""
     lease_seconds: float = 30.0
     """A trainer that has not heart-beaten for this long is presumed dead."""
     heartbeat_seconds: float = 2.0

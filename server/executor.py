@@ -1,5 +1,6 @@
-"""The local executor: the worker processes on this machine, the one way workers are
-started and stopped here.
+"""Executors keep the control plane's own workers running: the local one as processes on
+this machine, the Ray one (server/ray_executor.py) as actors on a Ray cluster. They share
+this pool and differ only in how one worker is started, waited for and killed.
 
 Workers are long-lived: each imports torch once, then asks the control plane for leases
 (`python -m trainer.worker`), so a job never waits for a process to start or torch to
@@ -21,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from server.control_plane import ControlPlane
 from tunewire.v1 import exports_pb2, worker_pb2
@@ -30,7 +32,7 @@ log = logging.getLogger("tunewire.executor")
 Kind = worker_pb2.Lease.Kind
 KIND_NAMES = {Kind.KIND_TRAIN: "train", Kind.KIND_EXPORT: "export", Kind.KIND_SERVE: "serve"}
 ExitHandler = Callable[[str, int], None]
-"""(worker id, return code) once a worker process has exited."""
+"""(worker id, return code) once a worker has exited."""
 Process = asyncio.subprocess.Process
 YOUNG_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 30.0
@@ -39,12 +41,16 @@ MAX_BACKOFF_SECONDS = 30.0
 @dataclass
 class _Worker:
     kind: int
-    process: Process
+    handle: Any  # what the executor started: a process, an actor
     started: float
     killed: bool = False  # by us, for a lost lease
 
 
-class LocalExecutor:
+class Executor:
+    """A pool of workers per kind of work; subclasses start, wait for and kill one."""
+
+    prefix = ""  # worker ids are <prefix>-<kind>-<n>
+
     def __init__(self, plane: ControlPlane, address: str, on_exit: ExitHandler) -> None:
         self.plane = plane
         self.address = address
@@ -62,6 +68,26 @@ class LocalExecutor:
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
 
+    async def launch(self, kind: int, worker_id: str, argv: list[str]) -> Any:
+        """Start one worker running `python -m trainer.worker *argv`; its handle."""
+        raise NotImplementedError
+
+    async def wait(self, handle: Any) -> int:
+        """Its exit code, once it has exited (or died)."""
+        raise NotImplementedError
+
+    def kill(self, handle: Any) -> None:
+        """Kill it now, and whatever it started."""
+        raise NotImplementedError
+
+    def worker_argv(self, kind: int, worker_id: str) -> list[str]:
+        settings = self.plane.settings
+        return [
+            *("--control-plane", self.address, "--kind", KIND_NAMES[kind]),
+            *("--worker-id", worker_id, "--blobs", self.plane.blobs.url),
+            *("--models-dir", str(settings.models_dir), "--scratch", str(settings.home)),
+        ]
+
     def count(self, kind: int) -> int:
         return sum(w.kind == kind for w in self._workers.values()) + self._starting[kind]
 
@@ -78,45 +104,12 @@ class LocalExecutor:
             if self._stopping:
                 return
             self._serial += 1
-            name = KIND_NAMES[kind]
-            worker_id = f"local-{name}-{self._serial}"
-            settings = self.plane.settings
-            logs = settings.home / "logs"
-            logs.mkdir(parents=True, exist_ok=True)
-            command = [
-                sys.executable,
-                "-m",
-                "trainer.worker",
-                "--control-plane",
-                self.address,
-                "--kind",
-                name,
-                "--worker-id",
-                worker_id,
-                "--blobs",
-                self.plane.blobs.url,
-                "--models-dir",
-                str(settings.models_dir),
-                "--scratch",
-                str(settings.home),
-                "--parent",
-                str(os.getpid()),
-            ]
-            with open(logs / f"worker-{name}-{self._serial}.log", "ab") as out:
-                process = await asyncio.create_subprocess_exec(
-                    *command,
-                    env={**os.environ, "TUNEWIRE_WORKER_TOKEN": self.plane.worker_token},
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=out,
-                    # Its own process group: a kill takes its children with it, and
-                    # Ctrl-C at the server's terminal does not reach it twice.
-                    start_new_session=True,
-                )
+            worker_id = f"{self.prefix}-{KIND_NAMES[kind]}-{self._serial}"
+            handle = await self.launch(kind, worker_id, self.worker_argv(kind, worker_id))
         finally:
             self._starting[kind] -= 1
-        self._workers[worker_id] = _Worker(kind, process, time.monotonic())
-        log.info("worker started", extra={"fields": {"worker": worker_id, "pid": process.pid}})
+        self._workers[worker_id] = _Worker(kind, handle, time.monotonic())
+        log.info("worker started", extra={"fields": {"worker": worker_id}})
         self._track(self._wait(worker_id))
 
     def _track(self, coroutine) -> None:
@@ -126,7 +119,7 @@ class LocalExecutor:
 
     async def _wait(self, worker_id: str) -> None:
         worker = self._workers[worker_id]
-        code = await worker.process.wait()
+        code = await self.wait(worker.handle)
         del self._workers[worker_id]
         # Only a worker that dies young on its own, holding nothing, is failing to start
         # (and is restarted later each time); one lost with its work is retried at once.
@@ -157,23 +150,58 @@ class LocalExecutor:
         return False
 
     def kill_holder(self, lease: worker_pb2.Lease) -> None:
-        """SIGKILL the local worker holding `lease` (and its children), if there is one;
+        """Kill our worker holding `lease` (and its children), if there is one;
         never a worker holding a newer lease of the same work."""
         for worker_id, held in list(self.plane.holding.items()):
             if held == lease:
                 del self.plane.holding[worker_id]
                 if (worker := self._workers.get(worker_id)) is not None:
                     worker.killed = True
-                    _kill_group(worker.process)
+                    self.kill(worker.handle)
 
     async def shutdown(self) -> None:
         self._stopping = True
         for worker in list(self._workers.values()):
-            _kill_group(worker.process)
+            self.kill(worker.handle)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
 
 
-def _kill_group(process: Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+class LocalExecutor(Executor):
+    """Worker processes on this machine, each ending with the control plane."""
+
+    prefix = "local"
+
+    async def launch(self, kind: int, worker_id: str, argv: list[str]) -> Process:
+        logs = self.plane.settings.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "trainer.worker", *argv, "--parent", str(os.getpid())]
+        with open(logs / f"worker-{worker_id.removeprefix('local-')}.log", "ab") as out:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                env={**os.environ, "TUNEWIRE_WORKER_TOKEN": self.plane.worker_token},
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                # Its own process group: a kill takes its children with it, and
+                # Ctrl-C at the server's terminal does not reach it twice.
+                start_new_session=True,
+            )
+        log.info("worker process", extra={"fields": {"worker": worker_id, "pid": process.pid}})
+        return process
+
+    async def wait(self, handle: Process) -> int:
+        return await handle.wait()
+
+    def kill(self, handle: Process) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(handle.pid, signal.SIGKILL)
+
+
+def make_executor(plane: ControlPlane, address: str, on_exit: ExitHandler) -> Executor:
+    """The executor `TUNEWIRE_EXECUTOR` names; Ray is imported only when it is chosen."""
+    if plane.settings.executor == "ray":
+        from server.ray_executor import RayExecutor
+
+        return RayExecutor(plane, address, on_exit)
+    return LocalExecutor(plane, address, on_exit)

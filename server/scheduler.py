@@ -2,7 +2,7 @@
 when its worker's process exits without ending it, or when no heartbeat came for a lease
 period; a job then resumes from its last checkpoint and an export runs again, each up to
 `max_attempts`, and a serving worker is dropped. Workers lease work themselves
-(WorkerService.AcquireLease); the local executor keeps them running."""
+(WorkerService.AcquireLease); the executor keeps them running."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import logging
 
 from server import exports, lifecycle
 from server.control_plane import ControlPlane
-from server.executor import LocalExecutor
+from server.executor import make_executor
 from server.ids import now
 from server.lifecycle import Job
 from server.store.db import write
@@ -30,7 +30,7 @@ RETRY_SECONDS = 1.0
 class Scheduler:
     def __init__(self, plane: ControlPlane, address: str) -> None:
         self.plane = plane
-        self.executor = LocalExecutor(plane, address, self._on_exit)
+        self.executor = make_executor(plane, address, self._on_exit)
         self._wake = asyncio.Event()
         self._stopping = False
         # Leases whose worker died holding them, by job or export id, with why: taken back
