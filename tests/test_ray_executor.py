@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, Org, Server, clean_env, launch
+from test_training import wait_state
 
 from tunewire.v1 import events_pb2, jobs_pb2
 
@@ -154,3 +155,28 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_pause_resume_and_cancel_through_ray(srv: Server) -> None:
+    org: Org = srv.default
+    upload = org.upload_sample().id
+    paused = start_job(org, upload, checkpoint_every_steps=2)
+    wait_state(org, paused.id, Job.STATE_RUNNING, timeout=TIMEOUT)
+    org.jobs.PauseJob(jobs_pb2.PauseJobRequest(job_id=paused.id))
+    wait_state(org, paused.id, Job.STATE_PAUSED, timeout=TIMEOUT)
+    org.jobs.ResumeJob(jobs_pb2.ResumeJobRequest(job_id=paused.id))
+    request = jobs_pb2.StreamJobEventsRequest(job_id=paused.id)
+    events = [r.event for r in org.jobs.StreamJobEvents(request, timeout=TIMEOUT)]
+    done = org.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=paused.id))
+    assert done.state == Job.STATE_SUCCEEDED, [e.message for e in events]
+    assert done.progress.attempt == 1  # a pause spends no attempt
+    steps = [int(e.data["step"]) for e in events if e.type == Event.TYPE_METRICS]
+    assert steps == sorted(set(steps)), "a step was reported twice"
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+
+    cancelled = start_job(org, upload)
+    wait_state(org, cancelled.id, Job.STATE_RUNNING, timeout=TIMEOUT)
+    org.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=cancelled.id))
+    assert (
+        wait_state(org, cancelled.id, Job.STATE_CANCELLED, timeout=TIMEOUT).fine_tuned_model == ""
+    )
