@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 
 import sqlite_utils
 
-from server.errors import InvalidArgument, Unimplemented
+from server import classification
+from server.errors import InvalidArgument
 from trainer.hyperparameters import TABLE
 from tunewire.v1 import files_pb2, jobs_pb2
 
@@ -24,13 +25,56 @@ MAX_REQUEST_ID = 128
 MAX_WORKERS = 8  # data-parallel ranks on one machine
 
 
-def check_hyperparameters(hp: jobs_pb2.Hyperparameters) -> list[tuple[str, str]]:
-    """Each set field against its row of the one table (unset means its default)."""
-    return [
-        (f"job.hyperparameters.{row.name}", problem)
-        for row in TABLE
-        if hp.HasField(row.name) and (problem := row.problem(getattr(hp, row.name)))
-    ]
+def method_name(method: jobs_pb2.Method) -> str:
+    """The method as the hyperparameter table and the trainer name it: supervised, dpo."""
+    return "dpo" if method.type == jobs_pb2.Method.TYPE_DPO else "supervised"
+
+
+def check_hyperparameters(
+    hp: jobs_pb2.Hyperparameters, method: str = "supervised"
+) -> list[tuple[str, str]]:
+    """Each set field against its row of the one table (unset means its default); a
+    method's own hyperparameter (DPO's beta) is refused on a job of another method."""
+    problems = []
+    for row in TABLE:
+        if not hp.HasField(row.name):
+            continue
+        if row.method and row.method != method:
+            problem = (
+                f"{row.name} is a {row.method.upper()} hyperparameter; this job's method is "
+                f"{method}"
+            )
+        else:
+            problem = row.problem(getattr(hp, row.name))
+        if problem:
+            problems.append((f"job.hyperparameters.{row.name}", problem))
+    return problems
+
+
+PREFERENCE_SHAPE = "preference examples (input, preferred_output, non_preferred_output)"
+
+
+def check_fits_method(field: str, record: File, method: str) -> list[tuple[str, str]]:
+    """A DPO job trains on preference data, and only it does: the file's validation
+    report says which format it holds."""
+    fmt = record.validation.format
+    if method == "dpo" and fmt != "preference":
+        return [
+            (
+                field,
+                f"file {record.id!r} holds {fmt or 'no valid'} examples; method DPO trains on "
+                f"{PREFERENCE_SHAPE}",
+            )
+        ]
+    if method != "dpo" and fmt == "preference":
+        return [
+            (
+                field,
+                f"file {record.id!r} holds {PREFERENCE_SHAPE}, which train with method DPO; "
+                f"a {method} job trains on chat, prompt/completion or text data",
+            )
+        ]
+    return []
 
 
 def check_metadata(metadata: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -67,10 +111,17 @@ def _check_file(
 
 
 def check_create(
-    db: sqlite_utils.Database, org: str, job: Job, request_id: str, base_models: set[str]
+    db: sqlite_utils.Database,
+    org: str,
+    job: Job,
+    request_id: str,
+    base_models: set[str],
+    encoders: Set[str] = frozenset(),
 ) -> Job:
-    """The job to store, with defaults filled in; raises InvalidArgument."""
+    """The job to store, with defaults filled in; raises InvalidArgument. `encoders`: the
+    base models that classify rather than generate."""
     problems: list[tuple[str, str]] = []
+    method = method_name(job.method)
     if not job.base_model:
         problems.append(("job.base_model", "required"))
     elif job.base_model not in base_models:
@@ -84,6 +135,8 @@ def check_create(
     else:
         found, training = _check_file(db, org, "job.training_file", job.training_file)
         problems += found
+        if training and not found:
+            problems += check_fits_method("job.training_file", training, method)
         report = training.validation if training and not found else None
         if report and report.format != "text" and report.example_count < MIN_EXAMPLES:
             problems.append(
@@ -94,12 +147,18 @@ def check_create(
                 )
             )
     if job.validation_file:
-        problems += _check_file(db, org, "job.validation_file", job.validation_file)[0]
+        found, validation = _check_file(db, org, "job.validation_file", job.validation_file)
+        problems += found
+        if validation and not found:
+            problems += check_fits_method("job.validation_file", validation, method)
 
-    problems += check_hyperparameters(job.hyperparameters)
+    problems += check_hyperparameters(job.hyperparameters, method)
     workers = job.compute.workers
     if job.compute.HasField("workers") and not 1 <= workers <= MAX_WORKERS:
         problems.append(("job.compute.workers", f"{workers} is out of range [1, {MAX_WORKERS}]"))
+    gpus = job.compute.gpus_per_worker
+    if job.compute.HasField("gpus_per_worker") and gpus not in (0, 1):
+        problems.append(("job.compute.gpus_per_worker", f"{gpus} is out of range [0, 1]"))
     if job.HasField("seed") and not 0 <= job.seed <= MAX_SEED:
         problems.append(("job.seed", f"must be in [0, {MAX_SEED}]"))
     if job.suffix and not SUFFIX.fullmatch(job.suffix):
@@ -112,10 +171,9 @@ def check_create(
             problems.append((f"job.integrations[{i}].type", "must be 'wandb'"))
     if len(request_id) > MAX_REQUEST_ID:
         problems.append(("request_id", f"at most {MAX_REQUEST_ID} characters"))
+    problems += classification.check_job(db, org, job, encoders, base_models)
     if problems:
         raise InvalidArgument(problems)
-    if job.method.type == jobs_pb2.Method.TYPE_DPO:
-        raise Unimplemented("method.type DPO is not available yet; use TYPE_SUPERVISED")
 
     clean = Job()
     clean.CopyFrom(job)
@@ -135,5 +193,6 @@ def check_create(
         clean.ClearField(output_only)
     if not clean.HasField("seed"):
         clean.seed = secrets.randbelow(MAX_SEED + 1)
+    clean.method.type = clean.method.type or classification.implied_method(db, org, job)
     clean.method.type = clean.method.type or jobs_pb2.Method.TYPE_SUPERVISED
     return clean

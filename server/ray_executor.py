@@ -63,6 +63,11 @@ class RayExecutor(Executor):
         ).remote()
         return actor, actor.run.remote(argv, self.plane.worker_token)
 
+    def worker_argv(self, kind: int, worker_id: str) -> list[str]:
+        # A data-parallel job's other ranks are actors too, placed where the cluster has room.
+        cpus = str(self.plane.settings.ray_train_cpus)
+        return [*super().worker_argv(kind, worker_id), "--ranks", "ray", "--rank-cpus", cpus]
+
     async def wait(self, handle: Any) -> int:
         _, done = handle
         try:

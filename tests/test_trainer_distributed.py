@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -121,6 +122,94 @@ def test_two_ranks_train_the_same_run_as_one_process(tiny: Path, tmp_path: Path)
     )
 
 
+def valid_losses(output_dir: Path) -> list[float]:
+    with open(output_dir / "metrics.csv", encoding="utf-8") as f:
+        return [float(row["valid_loss"]) for row in csv.DictReader(f) if row["valid_loss"]]
+
+
+# metrics.csv keeps six decimals: two units of the last one, the tightest that holds here
+# (the runs differ only in float summation order; measured: at most one unit).
+CSV_LOSS = {"rel": 0, "abs": 2e-6}
+
+
+@pytest.mark.timeout(300)
+def test_fsdp_ranks_train_the_same_run_as_one_process(tiny: Path, tmp_path: Path) -> None:
+    lines = (ASSETS / "sample-chat.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    train, valid = tmp_path / "train.jsonl", tmp_path / "valid.jsonl"
+    train.write_text("".join(lines[:24]), encoding="utf-8")
+    valid.write_text("".join(lines[24:32]), encoding="utf-8")
+    args = {
+        "base_model": str(tiny),
+        "train_file": str(train),
+        "validation_file": str(valid),  # validation runs sharded too
+        "n_epochs": 2,
+        "batch_size": 4,
+        # 3 micro-batches a step on 2 ranks: rank 1 joins every step's second pass idle.
+        "gradient_accumulation_steps": 3,
+        "learning_rate_multiplier": 10,
+        "lora_dropout": 0.0,
+        "seed": 7,
+        "cpu_threads": 1,
+    }
+    # Gradients reach norms of 1.3-1.6: the default max_grad_norm 1.0 clips every step,
+    # so the global norm over the shards is checked too.
+    ranks = ["--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
+    alone, sharded = tmp_path / "alone", tmp_path / "sharded"
+    run([sys.executable], {**args, "output_dir": str(alone)}, tmp_path / "alone.json")
+    done = run(
+        [str(TORCHRUN), *ranks, "--master-port", str(free_port())],
+        {**args, "output_dir": str(sharded), "sharding": "fsdp"},
+        tmp_path / "sharded.json",
+    )
+    assert json.loads(done.stdout[done.stdout.index("{") :])["status"] == "succeeded"
+
+    # Each rank holds half the weights (every tiny-llama dimension is even).
+    held = re.search(r"each holds about ([\d,]+) of the model's ([\d,]+) weights", done.stderr)
+    assert held, done.stderr[-2000:]
+    mine, whole = (int(number.replace(",", "")) for number in held.groups())
+    assert mine * 2 == whole == 358_208
+
+    one, two = losses(alone), losses(sharded)
+    assert len(one) == len(two) == 4  # 24 examples / (4 x 3) per step x 2 epochs
+    assert two == pytest.approx(one, **CSV_LOSS)
+    assert valid_losses(sharded) == pytest.approx(valid_losses(alone), **CSV_LOSS)
+    assert one[-1] < one[0]
+    # The adapter is whole, in peft's files, and the one a single process trains.
+    weights = load_file(alone / "adapter" / ADAPTER_WEIGHTS)
+    gathered = load_file(sharded / "adapter" / ADAPTER_WEIGHTS)
+    assert gathered.keys() == weights.keys()
+    for key, value in weights.items():
+        torch.testing.assert_close(gathered[key], value, rtol=0, atol=1e-7)  # measured 1.5e-8
+    # So is the optimizer state, gathered into one process's layout: Adam's moments are
+    # where summed gradients differ from averaged ones (Adam and clipping hide the scale
+    # from the losses: averaging moves them by only 1e-4, and the moments by 0.03).
+    states = [
+        torch.load(d / "checkpoints" / "step-000004" / "state.pt", weights_only=True)["optimizer"]
+        for d in (alone, sharded)
+    ]
+    assert states[1]["param_groups"] == states[0]["param_groups"]
+    torch.testing.assert_close(states[1]["state"], states[0]["state"], rtol=0, atol=1e-7)
+
+    # Checkpoints resume on either world size and either sharding: the sharded run's step 2
+    # in one process, the one-process run's step 2 sharded on two ranks.
+    for source, command, sharding, name in (
+        (sharded, [sys.executable], "replicated", "fsdp-to-one"),
+        (alone, [str(TORCHRUN), *ranks, "--master-port", str(free_port())], "fsdp", "one-to-fsdp"),
+    ):
+        resumed = tmp_path / name
+        run(
+            command,
+            {
+                **args,
+                "output_dir": str(resumed),
+                "sharding": sharding,
+                "resume_from": str(source / "checkpoints" / "step-000002"),
+            },
+            tmp_path / f"{name}.json",
+        )
+        assert losses(resumed)[-2:] == pytest.approx(one[-2:], **CSV_LOSS), name
+
+
 # --- through the service: a job that asks for two processes ------------------------------
 
 
@@ -132,19 +221,25 @@ def test_a_job_on_two_processes_trains_the_same_run_as_on_one(start_server) -> N
         n_epochs=1, batch_size=8, learning_rate_multiplier=10, lora_dropout=0.0
     )
     runs = {}
-    for workers in (1, 2):
-        job = org.create_job(
-            upload.id, seed=4, hyperparameters=hp, compute=Compute(workers=workers)
-        )
+    computes = {
+        1: Compute(workers=1),
+        2: Compute(workers=2),
+        "fsdp": Compute(workers=2, sharding=Compute.SHARDING_FSDP),
+    }
+    for name, compute in computes.items():
+        job = org.create_job(upload.id, seed=4, hyperparameters=hp, compute=compute)
         events = run_to_end(org, job.id)
         done = org.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
         assert done.state == Job.STATE_SUCCEEDED, [e.message for e in events]
-        runs[workers] = (done, events)
-    one, two = (metric_losses(runs[n][1]) for n in (1, 2))
+        runs[name] = (done, events)
+    one, two, sharded = (metric_losses(runs[name][1]) for name in computes)
     assert [step for step, _ in two] == [step for step, _ in one] == list(range(1, 9))
     assert [loss for _, loss in two] == pytest.approx([loss for _, loss in one], rel=1e-4)
+    assert [loss for _, loss in sharded] == pytest.approx([loss for _, loss in one], rel=1e-6)
     assert any(e.message.startswith("Training on 2 data-parallel processes") for e in runs[2][1])
     assert runs[2][0].compute.workers == 2 and runs[2][0].fine_tuned_model
+    assert any(e.message.startswith("Sharded over 2 processes") for e in runs["fsdp"][1])
+    assert not any(e.message.startswith("Sharded") for e in runs[2][1])
 
 
 def test_a_dead_rank_ends_the_attempt_and_the_job_resumes(start_server) -> None:

@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"\tctx {model.context_length}\t{model.path}"
             )
     else:
-        ranks = init_from_env()
         args = TrainArgs.from_dict(json.loads(Path(options.args).read_text(encoding="utf-8")))
+        ranks = init_from_env(args.device)
         if not ranks.leader:  # rank 0's files are the run's; the others write their own
             args.output_dir = f"{args.output_dir}-rank-{ranks.rank}"
         result = train(args, _printing_callbacks() if ranks.leader else Callbacks())
@@ -63,10 +63,16 @@ def _printing_callbacks() -> Callbacks:
         print(f"start: {json.dumps(dataclasses.asdict(info))}", file=sys.stderr)
 
     def on_metrics(**values: Any) -> None:
+        dpo = (
+            f"reward acc {values['train_reward_accuracy']:.3f} "
+            f"margin {values['train_reward_margin']:.4f} "
+            if "train_reward_accuracy" in values
+            else ""
+        )
         print(
             f"step {values['step']}/{values['total_steps']} epoch {values['epoch']:.2f} "
             f"loss {values['train_loss']:.4f} acc {values['train_mean_token_accuracy']:.3f} "
-            f"lr {values['learning_rate']:.2e} {values['tokens_per_second']:.0f} tok/s",
+            f"{dpo}lr {values['learning_rate']:.2e} {values['tokens_per_second']:.0f} tok/s",
             file=sys.stderr,
         )
 
@@ -74,8 +80,15 @@ def _printing_callbacks() -> Callbacks:
         print(f"{level}: {message}", file=sys.stderr)
 
     def on_validation(**values: Any) -> None:
+        dpo = (
+            f" reward acc {values['valid_reward_accuracy']:.3f}"
+            f" margin {values['valid_reward_margin']:.4f}"
+            if "valid_reward_accuracy" in values
+            else ""
+        )
         print(
-            f"valid loss {values['valid_loss']:.4f} acc {values['valid_mean_token_accuracy']:.3f}",
+            f"valid loss {values['valid_loss']:.4f} acc {values['valid_mean_token_accuracy']:.3f}"
+            + dpo,
             file=sys.stderr,
         )
 

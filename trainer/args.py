@@ -12,10 +12,17 @@ from trainer.hyperparameters import AUTO, BASE_LEARNING_RATE, BY_NAME, TABLE, TA
 
 TargetPreset = Literal["QV", "QKVO", "QKVO_FFN"]
 Schedule = Literal["linear", "cosine"]
+Method = Literal["supervised", "dpo"]
+Sharding = Literal["replicated", "fsdp"]
 
 SCHEDULES: tuple[str, ...] = ("linear", "cosine")
-# The job's hyperparameters that a supervised run takes (DPO's beta is not one).
-JOB_HYPERPARAMETERS = tuple(hp for hp in TABLE if not hp.method)
+SHARDINGS: tuple[str, ...] = ("replicated", "fsdp")
+METHODS: tuple[str, ...] = ("supervised", "dpo")
+# The job's hyperparameters, each a TrainArgs field; a row with a `method` (DPO's beta)
+# belongs to runs of that method only.
+JOB_HYPERPARAMETERS = TABLE
+AUTO_BETA = 0.1
+"""DPO's beta when "auto": OpenAI's default, and the DPO paper's."""
 
 
 def _default(name: str) -> Any:
@@ -59,11 +66,13 @@ class Hyperparameters:
     learning_rate_multiplier: float
     learning_rate: float
     """`base_learning_rate * learning_rate_multiplier`: the peak learning rate."""
+    beta: float | None = None
+    """DPO's beta; None for a supervised run."""
 
 
 @dataclass
 class TrainArgs:
-    """Everything one LoRA supervised fine-tuning run needs. Paths are local paths; the
+    """Everything one LoRA fine-tuning run needs. Paths are local paths; the
     control plane resolves model names and file ids before it builds these."""
 
     base_model: str
@@ -79,12 +88,18 @@ class TrainArgs:
     makes the file one text document, anything else is read as JSONL."""
     validation_file_name: str = ""
     """Likewise for `validation_file`."""
+    method: Method = "supervised"
+    """What a step trains (see `trainer.methods`): "supervised" (the loss on the outputs
+    of chat, completion or text data) or "dpo" (direct preference optimization on
+    preference data: the preferred output against the other, relative to the base)."""
 
     # The job's hyperparameters: their ranges, defaults and documentation are declared
     # once, in trainer/hyperparameters.py ("auto" is resolved by `resolve_auto`).
     n_epochs: int | Auto = _default("n_epochs")
     batch_size: int | Auto = _default("batch_size")
     learning_rate_multiplier: float | Auto = _default("learning_rate_multiplier")
+    beta: float | Auto = _default("beta")
+    """DPO only: left "auto" (AUTO_BETA) for other methods."""
     lora_rank: int = _default("lora_rank")
     lora_alpha: int = _default("lora_alpha")
     lora_dropout: float = _default("lora_dropout")
@@ -114,9 +129,15 @@ class TrainArgs:
     """Torch threads when training on CPU; 0 picks 1 for models under 100M parameters
     (their ops are too small for threads to pay off, and spinning threads slow down
     by 10-30x when other processes share the cores) and torch's default otherwise."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where each rank trains: "auto" is one CUDA device per rank where there is CUDA,
+    else the CPU."""
     deterministic: bool = False
     """Ask torch for deterministic kernels (needed on CUDA for bit-identical reruns; CPU
     runs are deterministic anyway)."""
+    sharding: Sharding = "replicated"
+    """How data-parallel ranks hold the model: "replicated" (each whole) or "fsdp" (each
+    1/world of every weight, for a model that does not fit one device). Alone, the same."""
 
     eval_every_steps: int = 0
     """Validate every N optimizer steps; 0 validates only at checkpoints and epoch ends."""
@@ -171,9 +192,16 @@ class TrainArgs:
                 f"{self.resume_from!r} is not a checkpoint directory",
             )
 
+        check(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}")
         for hp in JOB_HYPERPARAMETERS:
             value = getattr(self, hp.name)
-            if value != AUTO or hp.default != AUTO:
+            if hp.method and hp.method != self.method:
+                check(
+                    value == AUTO,
+                    hp.name,
+                    f"is a {hp.method} hyperparameter; this run's method is {self.method}",
+                )
+            elif value != AUTO or hp.default != AUTO:
                 check(hp.allows(value), hp.name, hp.problem(value) or "")
         check(
             _is_number(self.base_learning_rate) and 0 < self.base_learning_rate < 1,
@@ -198,6 +226,7 @@ class TrainArgs:
         check(
             _is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0"
         )
+        check(self.sharding in SHARDINGS, "sharding", f"must be one of {', '.join(SHARDINGS)}")
         check(
             _is_int(self.gradient_accumulation_steps) and self.gradient_accumulation_steps >= 1,
             "gradient_accumulation_steps",
@@ -219,6 +248,7 @@ class TrainArgs:
             "must be an integer in [0, 2147483647]",
         )
 
+        check(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
         for name in (
             "eval_every_steps",
             "cpu_threads",
@@ -272,11 +302,16 @@ class TrainArgs:
             effective = batch_size * self.gradient_accumulation_steps
             multiplier = round(min(2.0, max(0.5, math.sqrt(effective / 4))), 2)
 
+        beta = None
+        if self.method == "dpo":
+            beta = AUTO_BETA if self.beta == AUTO else float(self.beta)
+
         return Hyperparameters(
             n_epochs=n_epochs,
             batch_size=batch_size,
             learning_rate_multiplier=multiplier,
             learning_rate=self.base_learning_rate * multiplier,
+            beta=beta,
         )
 
 

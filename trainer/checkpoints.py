@@ -34,8 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
+
+from trainer import sharding
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -99,14 +101,16 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_adapter(model: PeftModel, directory: Path) -> None:
+def save_adapter(model: PeftModel, directory: Path, metadata: dict[str, str] | None = None) -> None:
     """Write the adapter's two peft files (what `PeftModel.save_pretrained` writes, minus
-    its README model card)."""
+    its README model card); whole, from a sharded model too (then every rank must call).
+    `metadata` goes into the weights' header (a classifier's labels, which so travel
+    wherever the adapter's two files go)."""
     weights = {
         name: tensor.detach().to("cpu").contiguous()
-        for name, tensor in get_peft_model_state_dict(model).items()
+        for name, tensor in sharding.adapter_state(model).items()
     }
-    save_file(weights, directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    save_file(weights, directory / ADAPTER_WEIGHTS, metadata={"format": "pt", **(metadata or {})})
     config = copy.deepcopy(model.peft_config["default"])
     # peft marks saved configs for inference; loading for training flips it back.
     config.inference_mode = True
@@ -128,14 +132,16 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     trainer_state: dict[str, Any],
+    adapter_metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write `root/step-{step:06d}` atomically and return its path."""
+    """Write `root/step-{step:06d}` atomically and return its path. A sharded model's
+    checkpoint is gathered whole, the same files one process writes."""
     final = root / checkpoint_name(step)
     with atomic_dir(final) as staging:
-        save_adapter(model, staging)
+        save_adapter(model, staging, adapter_metadata)
         torch.save(
             {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": sharding.optimizer_state(model, optimizer),
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
             },
@@ -209,12 +215,17 @@ def restore(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> None:
     """Put adapter weights, optimizer, scheduler and RNG back as they were at the checkpoint.
-    RNG last: anything before it (model init) may draw random numbers."""
-    result = set_peft_model_state_dict(model, load_file(checkpoint.path / ADAPTER_WEIGHTS))
-    missing = [key for key in result.missing_keys if "lora_" in key]
+    RNG last: anything before it (model init) may draw random numbers. A sharded model
+    takes its shard of the whole weights and optimizer state (every rank must call)."""
+    weights = load_file(checkpoint.path / ADAPTER_WEIGHTS)
+    if sharding.is_sharded(model):
+        missing = sharding.load_adapter_state(model, weights)
+    else:
+        result = set_peft_model_state_dict(model, weights)
+        missing = [key for key in result.missing_keys if "lora_" in key]
     if missing:
         raise ValueError(f"checkpoint {checkpoint.path} lacks adapter weights: {missing[:3]}")
-    optimizer.load_state_dict(checkpoint.state["optimizer"])
+    sharding.load_optimizer_state(model, optimizer, checkpoint.state["optimizer"])
     scheduler.load_state_dict(checkpoint.state["scheduler"])
     rng = checkpoint.state["rng"]
     random.setstate(rng["python"])

@@ -12,6 +12,10 @@ shifts them (token i is predicted by position i - 1), as Hugging Face models do.
 - Prompt/completion: BOS + prompt + completion + EOS, loss on completion + EOS.
 - Text (continued pre-training): BOS + text + EOS cut into `max_seq_len` chunks, loss on
   every token.
+- Preference pairs (DPO, `encode_preferences`): each preference example becomes two chat
+  sequences sharing their prompt, the input with the preferred output and with the
+  non-preferred one; labels mark each output's tokens only (an assistant turn of the input
+  is prompt, not output).
 
 An example longer than `max_seq_len` keeps its first `max_seq_len` tokens and is counted
 as truncated; one left with no token to learn from is dropped and counted.
@@ -66,14 +70,60 @@ class Encoded:
     def lengths(self) -> list[int]:
         return [len(sequence.input_ids) for sequence in self.sequences]
 
+    @property
+    def units(self) -> list[TokenSequence]:
+        """What one row of a batch holds: a sequence."""
+        return self.sequences
+
     def fingerprint(self) -> str:
         """SHA-256 of every sequence's ids and labels: a checkpoint's data position only
         means something for the very same sequences."""
-        digest = hashlib.sha256()
-        for sequence in self.sequences:
-            digest.update(array("q", (len(sequence.input_ids), *sequence.input_ids)).tobytes())
-            digest.update(array("q", sequence.labels).tobytes())
-        return digest.hexdigest()
+        return _fingerprint(self.sequences)
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One preference example: its prompt with the preferred output (`chosen`) and with
+    the non-preferred one (`rejected`); each sequence's labels mark its output only."""
+
+    chosen: TokenSequence
+    rejected: TokenSequence
+
+
+@dataclass
+class EncodedPairs:
+    """A preference file, tokenized into pairs (DPO's data); counts as in `Encoded`."""
+
+    pairs: list[PreferencePair] = field(default_factory=list)
+    n_examples: int = 0
+    n_truncated: int = 0
+    """Examples with either sequence cut to max_seq_len."""
+    n_dropped: int = 0
+    """Examples with an output left with no token to learn from."""
+
+    @property
+    def units(self) -> list[PreferencePair]:
+        return self.pairs
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in self.pairs)
+
+    @property
+    def lengths(self) -> list[int]:
+        """What batching plans by: a pair is two rows padded to the longer of them."""
+        return [2 * max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in self.pairs]
+
+    def fingerprint(self) -> str:
+        return _fingerprint(s for pair in self.pairs for s in (pair.chosen, pair.rejected))
+
+
+def _fingerprint(sequences: Iterable[TokenSequence]) -> str:
+    digest = hashlib.sha256()
+    for sequence in sequences:
+        digest.update(array("q", (len(sequence.input_ids), *sequence.input_ids)).tobytes())
+        digest.update(array("q", sequence.labels).tobytes())
+    return digest.hexdigest()
 
 
 def load_file(
@@ -117,6 +167,33 @@ def encode_examples(
     return encoded
 
 
+def encode_preferences(
+    examples: Iterable[Example], tokenizer: PreTrainedTokenizerBase, max_seq_len: int
+) -> EncodedPairs:
+    """Tokenize preference examples into pairs, truncating each sequence to `max_seq_len`
+    and dropping a pair whose output (either one) is left with nothing to learn from."""
+    encoded = EncodedPairs()
+    for example in examples:
+        if example.format != Format.PREFERENCE:
+            raise ValueError(f"a {example.format} example is not a preference example")
+        encoded.n_examples += 1
+        prompt = example.messages[: len(example.messages) - len(example.chosen)]
+        sequences = []
+        truncated = False
+        for output in (example.chosen, example.rejected):
+            ids, labels = _encode_chat((*prompt, *output), tokenizer, trained_from=len(prompt))
+            if len(ids) > max_seq_len:
+                truncated = True
+                ids, labels = ids[:max_seq_len], labels[:max_seq_len]
+            sequences.append(TokenSequence(tuple(ids), tuple(labels)))
+        encoded.n_truncated += truncated
+        if any(sequence.n_label_tokens == 0 for sequence in sequences):
+            encoded.n_dropped += 1
+        else:
+            encoded.pairs.append(PreferencePair(*sequences))
+    return encoded
+
+
 def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     # Special tokens come from the template or are added explicitly, never implicitly.
     # verbose=False: long documents are chunked afterwards, so the "longer than the
@@ -140,11 +217,12 @@ def _encode_prompt_completion(
 
 
 def _encode_chat(
-    messages: tuple[Message, ...], tokenizer: PreTrainedTokenizerBase
+    messages: tuple[Message, ...], tokenizer: PreTrainedTokenizerBase, trained_from: int = 0
 ) -> tuple[list[int], list[int]]:
     """Render growing prefixes of the conversation; the text each message adds is one
     segment, trained or not. Tokenizing segments separately keeps every token on one
-    side of the mask (a BPE merge can never straddle the boundary)."""
+    side of the mask (a BPE merge can never straddle the boundary). Messages before
+    index `trained_from` are never trained (a preference example's prompt)."""
     turns = [{"role": message.role, "content": message.content} for message in messages]
     segments: list[str] = []
     trained: list[bool] = []
@@ -158,7 +236,7 @@ def _encode_chat(
             rendered = header
         full = _render(tokenizer, turns[: index + 1], add_generation_prompt=False)
         segments.append(_suffix(rendered, full))
-        trained.append(message.role == "assistant" and message.weight > 0)
+        trained.append(message.role == "assistant" and message.weight > 0 and index >= trained_from)
         rendered = full
     ids: list[int] = []
     labels: list[int] = []

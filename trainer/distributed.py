@@ -2,28 +2,23 @@
 the recipe needs. One process alone is rank 0 of 1 and every collective is a no-op, so
 the recipe reads the same either way.
 
-Ranks are launched by torchrun (one node) or Ray Train (several): each runs the whole
-recipe on the same arguments and data, trains its share of every step's micro-batches,
-and sums gradients with the others before the optimizer step, so every rank holds the
-same weights after each step. Rank 0 alone reports and its checkpoints are the ones
-that count; the command to cancel or pause comes from rank 0 to all.
+Ranks are launched by torchrun, or by a worker (trainer/worker/ranks.py) beside itself or
+across a Ray cluster's nodes: each runs the whole recipe on the same arguments and data,
+trains its share of every step's micro-batches, and sums gradients with the others before
+the optimizer step, so every rank holds the same weights after each step. Rank 0 alone
+reports and its checkpoints are the ones that count; the command to cancel or pause comes
+from rank 0 to all.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -49,9 +44,10 @@ class Ranks:
     def leader(self) -> bool:
         return self.rank == 0
 
-    def device(self) -> torch.device:
-        """CUDA device `local_rank` where there is CUDA, else the CPU."""
-        if torch.cuda.is_available():
+    def device(self, wanted: str = "auto") -> torch.device:
+        """CUDA device `local_rank` where CUDA is wanted ("cuda") or there ("auto"), else
+        the CPU."""
+        if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
             return torch.device("cuda", self.local_rank if self.world > 1 else 0)
         return torch.device("cpu")
 
@@ -95,14 +91,20 @@ class Ranks:
         return box[0]
 
 
-def init_from_env() -> Ranks:
-    """Join the process group torchrun describes in the environment (WORLD_SIZE and its
-    rendezvous variables): NCCL on GPUs, gloo on CPUs. Alone: rank 0 of 1."""
+def backend(device: str = "auto") -> str:
+    """NCCL for ranks on GPUs, gloo for ranks on CPUs."""
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return "nccl" if on_gpu else "gloo"
+
+
+def init_from_env(device: str = "auto") -> Ranks:
+    """Join the process group the environment describes (WORLD_SIZE, RANK, MASTER_ADDR,
+    MASTER_PORT, as torchrun and the rank launchers set them). Alone: rank 0 of 1."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        chosen = backend(device)
+        if chosen == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+        dist.init_process_group(chosen, timeout=COLLECTIVE_TIMEOUT)
     return Ranks.current()
 
 
@@ -111,58 +113,46 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 big model runs on every rank between steps) before it gives up on them."""
 
 
+class RankLauncher(Protocol):
+    """Starts the other ranks of a run (1.., world - 1) wherever it puts them."""
+
+    def start(self, rank: int, env: dict[str, str]) -> None:
+        """Start rank `rank` with the rendezvous variables `env`."""
+
+    def pids(self) -> list[int]:
+        """The started ranks' process ids, for the job's events."""
+
+    def stop(self) -> None:
+        """Wait a while for the ranks to finish, then kill those that have not."""
+
+
 @contextlib.contextmanager
-def data_parallel(args: Any, world: int, scratch: Path) -> Iterator[list[int]]:
-    """This process as rank 0 of `world`, with ranks 1.. started here as child processes
-    (`python -m trainer train`, the arguments of `args` as JSON in `scratch`) and joined in
-    one process group for the run; yields the children's pids. A rank that dies fails the
-    collective the others are in, which ends the run; leaving ends the group and the
-    children."""
+def data_parallel(
+    world: int, launcher: RankLauncher, host: str = "127.0.0.1", device: str = "auto"
+) -> Iterator[list[int]]:
+    """This process as rank 0 of `world`, the other ranks started by `launcher` and joined
+    with it in one process group (rank 0 listens on `host`, which they must reach); yields
+    their pids. A rank that dies fails the collective the others are in, which ends the
+    run; leaving ends the group and the ranks."""
     if world <= 1:
         yield []
         return
-    scratch.mkdir(parents=True, exist_ok=True)
     with socket.socket() as probe:  # the rendezvous port: rank 0 binds it again at once
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((host, 0))
         port = probe.getsockname()[1]
-    spec = scratch / f"ranks-{port}.json"
-    spec.write_text(json.dumps(dataclasses.asdict(args)), encoding="utf-8")
-    env = {
-        **os.environ,
-        "WORLD_SIZE": str(world),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-    }
-    children: list[subprocess.Popen] = []
+    rendezvous = {"WORLD_SIZE": str(world), "MASTER_ADDR": host, "MASTER_PORT": str(port)}
     try:
         for rank in range(1, world):
-            with open(scratch / f"rank-{rank}.log", "ab") as log:
-                children.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "trainer", "train", str(spec)],
-                        env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=log,
-                        start_new_session=True,
-                    )
-                )
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+            launcher.start(rank, {**rendezvous, "RANK": str(rank)})
         dist.init_process_group(
-            backend,
-            init_method=f"tcp://127.0.0.1:{port}",
+            backend(device),
+            init_method=f"tcp://{host}:{port}",
             rank=0,
             world_size=world,
             timeout=COLLECTIVE_TIMEOUT,
         )
-        yield [child.pid for child in children]
+        yield launcher.pids()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-        for child in children:
-            try:
-                child.wait(timeout=30)  # a finished run's ranks write their files and exit
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
+        launcher.stop()

@@ -1,4 +1,5 @@
-"""The LoRA supervised fine-tuning recipe: setup, train loop, checkpoints, finish.
+"""The LoRA fine-tuning recipe: setup, train loop, checkpoints, finish. One loop for every
+method (`trainer.methods`): supervised fine-tuning, and DPO on preference pairs.
 
 `train(args, callbacks)` runs one job from start (or from a checkpoint) to the end. It
 knows nothing of gRPC: everything the outside world sees goes through `Callbacks`, and the
@@ -6,8 +7,9 @@ outside world steers it through `Callbacks.control()`.
 
 Exactness: the data order is a pure function of (seed, epoch), checkpoints carry the
 optimizer, scheduler and RNG states, and the loss of an optimizer step is the mean over
-every loss token of its micro-batches whatever their split, so a resumed run reproduces
-the losses of an uninterrupted one, and two CPU runs with the same seed agree bit for bit.
+every loss token (DPO: every pair) of its micro-batches whatever their split, so a resumed
+run reproduces the losses of an uninterrupted one, and two CPU runs with the same seed
+agree bit for bit.
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
-import torch.nn.functional as F
 from peft import PeftModel, get_peft_model
 from transformers.utils import logging as transformers_logging
 
-from trainer import batching, checkpoints, data, lora, models
+from trainer import batching, checkpoints, lora, methods, models, sharding, template_check
 from trainer.args import Hyperparameters, Refused, TrainArgs
 from trainer.distributed import Ranks
 
@@ -78,6 +79,7 @@ class MetricsCallback(Protocol):
         learning_rate: float,
         tokens_per_second: float,
         tokens_trained: int,
+        **method_metrics: float,
     ) -> None: ...
 
 
@@ -87,7 +89,12 @@ class EventCallback(Protocol):
 
 class ValidationCallback(Protocol):
     def __call__(
-        self, *, step: int, valid_loss: float, valid_mean_token_accuracy: float
+        self,
+        *,
+        step: int,
+        valid_loss: float,
+        valid_mean_token_accuracy: float,
+        **method_metrics: float,
     ) -> None: ...
 
 
@@ -116,12 +123,15 @@ class Callbacks:
     on_metrics: MetricsCallback = _ignore
     """Every `log_every_steps` optimizer steps (keyword arguments): the step's token-mean
     train loss and accuracy, the learning rate it used, training tokens/s since the last
-    report, and non-padding tokens trained so far. `epoch` is fractional progress."""
+    report, and non-padding tokens trained so far. `epoch` is fractional progress. A
+    method's own metrics come as more keywords: DPO's train_rewards_chosen,
+    train_rewards_rejected, train_reward_accuracy and train_reward_margin."""
     on_event: EventCallback = _ignore
     """(level "info"|"warn"|"error", message, data): things a user should read, e.g. how
     many examples were truncated."""
     on_validation: ValidationCallback = _ignore
-    """After each validation (keyword arguments), on the whole validation set."""
+    """After each validation (keyword arguments), on the whole validation set; a method's
+    own metrics as more keywords (DPO's valid_reward_accuracy, ...)."""
     on_checkpoint: CheckpointCallback = _ignore
     """After a checkpoint directory is complete and in place (keyword arguments)."""
     control: Callable[[], Command] = _keep_going
@@ -179,6 +189,10 @@ def train(args: TrainArgs, callbacks: Callbacks | None = None) -> TrainResult:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     try:
+        from trainer import classify  # its own recipe: an encoder and a head (see there)
+
+        if classify.is_classification(args):
+            return classify.run(args, callbacks or Callbacks())
         return _train(args, callbacks or Callbacks())
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
@@ -192,13 +206,13 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
     torch.manual_seed(args.seed)
     # Data-parallel ranks (torchrun, Ray Train) each run this whole recipe; alone: 0 of 1.
     ranks = Ranks.current()
-    device = ranks.device()
+    device = ranks.device(args.device)
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     output_dir = Path(args.output_dir)
     checkpoint_root = output_dir / "checkpoints"
 
     base = models.describe(Path(args.base_model), Path(args.base_model).name)
-    if not base.architecture.endswith("ForCausalLM"):
+    if not models.is_causal_lm(base.architecture):
         raise Refused(
             "invalid_base_model",
             "base_model",
@@ -209,18 +223,32 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
         torch.set_num_threads(args.cpu_threads or 1)
     tokenizer = models.load_tokenizer(args.base_model)
     max_seq_len = min(args.max_seq_len, base.context_length or args.max_seq_len)
-    train_data = data.load_file(args.train_file, tokenizer, max_seq_len, args.train_file_name)
-    if not train_data.sequences:
+    # The method decides what a file encodes into (sequences; DPO's pairs) and refuses
+    # data it cannot train on; the rest of the recipe is the same for every method.
+    method = methods.for_run(args.method)
+    train_data = method.load(
+        args.train_file, tokenizer, max_seq_len, args.train_file_name, "training_file"
+    )
+    if not train_data.units:
         raise Refused(
             "invalid_training_file", "training_file", "no example has a token to learn from"
         )
     valid_data = (
-        data.load_file(args.validation_file, tokenizer, max_seq_len, args.validation_file_name)
+        method.load(
+            args.validation_file,
+            tokenizer,
+            max_seq_len,
+            args.validation_file_name,
+            "validation_file",
+        )
         if args.validation_file
         else None
     )
-    if valid_data is not None and not valid_data.sequences:
+    if valid_data is not None and not valid_data.units:
         valid_data = None
+    # Correct by construction: an example of each format, encoded as training encodes it,
+    # its loss mask and turn endings checked before the model loads (shown after on_start).
+    rendered = template_check.inspect(args, tokenizer)
 
     resume = checkpoints.load_checkpoint(args.resume_from) if args.resume_from else None
     data_fingerprint = train_data.fingerprint()
@@ -235,8 +263,9 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
     hp = (
         Hyperparameters(**resume.trainer_state["hyperparameters"])
         if resume
-        else args.resolve_auto(len(train_data.sequences), train_data.n_tokens)
+        else args.resolve_auto(len(train_data.units), train_data.n_tokens)
     )
+    method = method.with_hyperparameters(hp)
     lengths = train_data.lengths
     micro_batches_per_epoch = math.ceil(len(lengths) / hp.batch_size)
     steps_per_epoch = math.ceil(micro_batches_per_epoch / args.gradient_accumulation_steps)
@@ -261,7 +290,11 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
                 args.lora_dropout,
             ),
         )
-    model.to(device)
+    sharded = args.sharding == "fsdp" and ranks.world > 1
+    if sharded:  # each rank moves only its shards to the device, never the whole model
+        model = sharding.shard(model, ranks.world, device)
+    else:
+        model.to(device)
     model.train()  # from_pretrained leaves models in eval mode: LoRA dropout would be off.
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=args.weight_decay)
@@ -282,7 +315,7 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
             total_steps=total_steps,
             steps_per_epoch=steps_per_epoch,
             n_examples=train_data.n_examples,
-            n_sequences=len(train_data.sequences),
+            n_sequences=len(train_data.units),
             n_tokens=train_data.n_tokens,
             n_validation_examples=valid_data.n_examples if valid_data else 0,
             trainable_parameters=sum(parameter.numel() for parameter in trainable),
@@ -291,6 +324,7 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
             resumed_from_step=progress.step,
         )
     )
+    template_check.report(rendered, cb.on_event)
     for name, encoded in (("train_file", train_data), ("validation_file", valid_data)):
         if encoded is not None and encoded.n_truncated:
             cb.on_event(
@@ -310,6 +344,14 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
         cb.on_event("warn", "Early stopping needs validation data; it is off for this run", {})
     if resume:
         cb.on_event("info", f"Resumed from step {progress.step}", {"path": str(resume.path)})
+    if sharded:
+        held, total = sharding.weights_held(model)
+        cb.on_event(
+            "info",
+            f"Sharded over {ranks.world} processes (FSDP): each holds about {held:,} "
+            f"of the model's {total:,} weights",
+            {"sharding": "fsdp", "weights_held": held, "weights": total},
+        )
 
     def trainer_state() -> dict[str, Any]:
         return {
@@ -365,7 +407,7 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
     # ---- train loop ----------------------------------------------------------------------
     pad_id = tokenizer.pad_token_id
     pass_cost = batching.PASS_COST_TOKENS.get(device.type, batching.PASS_COST_TOKENS["cuda"])
-    evaluate = partial(_evaluate, model, pad_id=pad_id, batch_size=hp.batch_size, bf16=bf16)
+    evaluate = partial(_evaluate, model, method, pad_id=pad_id, batch_size=hp.batch_size, bf16=bf16)
     early_stopped = False
     saved_step = resume.step if resume else -1
     log_tokens, log_seconds = 0, 0.0
@@ -387,12 +429,13 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
             started = time.perf_counter()
             learning_rate = scheduler.get_last_lr()[0]
             micro_batches = [
-                batching.collate([train_data.sequences[i] for i in part], pad_id)
+                method.collate([train_data.units[i] for i in part], pad_id)
                 for batch in groups[index]
                 for part in batching.split_by_length(batch, lengths, pass_cost)
             ]
-            train_loss, train_accuracy = _train_step(
+            trained = _train_step(
                 model,
+                method,
                 optimizer,
                 scheduler,
                 trainable,
@@ -400,6 +443,7 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
                 bf16,
                 args.max_grad_norm,
                 ranks,
+                sharded,
             )
             real_tokens = sum(batch.real_tokens for batch in micro_batches)
             log_tokens += real_tokens
@@ -410,10 +454,14 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
             progress.data_epoch, progress.data_batch = (
                 (epoch + 1, 0) if last_of_epoch else (epoch, index + 1)
             )
+            train_loss, train_accuracy = trained["loss"], trained["mean_token_accuracy"]
+            # The method's own metrics (DPO's rewards) beside loss and token accuracy.
+            extra = {f"train_{name}": trained[name] for name in method.metric_names}
             progress.metrics = {
                 "step": progress.step,
                 "train_loss": train_loss,
                 "train_mean_token_accuracy": train_accuracy,
+                **extra,
             }
             row: dict[str, float | int | None] = {
                 "step": progress.step,
@@ -421,6 +469,8 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
                 "train_accuracy": train_accuracy,
                 "valid_loss": None,
                 "valid_mean_token_accuracy": None,
+                **extra,
+                **{f"valid_{name}": None for name in method.metric_names},
             }
             progress.history.append(row)
             if progress.step % args.log_every_steps == 0 or progress.step == total_steps:
@@ -433,6 +483,7 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
                     learning_rate=learning_rate,
                     tokens_per_second=log_tokens / log_seconds if log_seconds else 0.0,
                     tokens_trained=progress.tokens_trained,
+                    **extra,
                 )
                 log_tokens, log_seconds = 0, 0.0
 
@@ -443,15 +494,11 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
                 args.eval_every_steps > 0 and progress.step % args.eval_every_steps == 0
             )
             if valid_data is not None and eval_due:
-                valid_loss, valid_accuracy = evaluate(valid_data.sequences)
-                row["valid_loss"], row["valid_mean_token_accuracy"] = valid_loss, valid_accuracy
-                progress.metrics["valid_loss"] = valid_loss
-                progress.metrics["valid_mean_token_accuracy"] = valid_accuracy
-                cb.on_validation(
-                    step=progress.step,
-                    valid_loss=valid_loss,
-                    valid_mean_token_accuracy=valid_accuracy,
-                )
+                validated = {f"valid_{name}": value for name, value in evaluate(valid_data).items()}
+                valid_loss = validated["valid_loss"]
+                row.update(validated)
+                progress.metrics.update(validated)
+                cb.on_validation(step=progress.step, **validated)
                 if (
                     progress.best_valid_loss is None
                     or valid_loss < progress.best_valid_loss - args.early_stopping_threshold
@@ -497,23 +544,9 @@ def _lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
     return 1.0 - progress
 
 
-def _token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy and number of correct argmax predictions over loss tokens
-    (position i predicts token i + 1)."""
-    logits = logits[:, :-1].float()
-    targets = labels[:, 1:]
-    loss_sum = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)),
-        targets.reshape(-1),
-        ignore_index=data.IGNORE_INDEX,
-        reduction="sum",
-    )
-    correct = ((logits.argmax(dim=-1) == targets) & (targets != data.IGNORE_INDEX)).sum()
-    return loss_sum, correct
-
-
 def _train_step(
     model: PeftModel,
+    method: methods.Method,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     trainable: list[torch.nn.Parameter],
@@ -521,69 +554,74 @@ def _train_step(
     bf16: bool,
     max_grad_norm: float,
     ranks: Ranks,
-) -> tuple[float, float]:
-    """One optimizer step over accumulated micro-batches; returns its loss and accuracy.
+    sharded: bool = False,
+) -> dict[str, float]:
+    """One optimizer step over accumulated micro-batches; returns its metrics (loss, token
+    accuracy, and the method's own).
 
-    Each micro-batch's summed loss is divided by the loss tokens of the whole step, so the
-    gradient is the token mean over the step however its tokens fall into micro-batches,
-    and however they fall to data-parallel ranks: each rank trains its share, and the
-    summed gradients are those of the whole step.
+    Each micro-batch's summed loss is divided by the weight of the whole step (its loss
+    tokens; DPO: its pairs), so the gradient is the mean over the step however its units
+    fall into micro-batches, and however they fall to data-parallel ranks: each rank trains
+    its share, and the summed gradients are those of the whole step (FSDP sums them
+    itself, in backward).
     """
     device = next(model.parameters()).device
-    label_tokens = sum(batch.label_tokens for batch in micro_batches)
-    loss_total = torch.zeros((), device=device)
-    correct_total = torch.zeros((), device=device)
-    for batch in ranks.mine(micro_batches):
-        batch = batch.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-            ).logits
-        loss_sum, correct = _token_loss(logits, batch.labels)
-        (loss_sum / label_tokens).backward()
-        loss_total += loss_sum.detach()
-        correct_total += correct
-    ranks.sum_gradients(trainable)
-    loss_total, correct_total = ranks.sum(torch.stack([loss_total, correct_total]))
+    weight = sum(method.weight(batch) for batch in micro_batches)
+    totals = torch.zeros(len(method.stats), device=device)
+    mine = (
+        sharding.passes(micro_batches, ranks.rank, ranks.world)
+        if sharded
+        else ranks.mine(micro_batches)
+    )
+    for batch in mine:
+        if batch is None:  # FSDP: this rank's share ran out; join the others' collectives
+            # with the very passes a micro-batch takes (DPO: two forwards), adding nothing.
+            loss_sum, _ = method.measure(model, micro_batches[0].to(device), bf16)
+            (loss_sum * 0.0).backward()
+            continue
+        loss_sum, stats = method.measure(model, batch.to(device), bf16)
+        (loss_sum / weight).backward()
+        totals += stats
+    if not sharded:
+        ranks.sum_gradients(trainable)
+    totals = ranks.sum(totals)
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_total.item() / label_tokens, correct_total.item() / label_tokens
+    return method.metrics(dict(zip(method.stats, totals.tolist(), strict=True)), weight)
 
 
 def _evaluate(
     model: PeftModel,
-    sequences: list[data.TokenSequence],
+    method: methods.Method,
+    encoded: methods.Encoded,
     pad_id: int,
     batch_size: int,
     bf16: bool,
-) -> tuple[float, float]:
-    """Token-mean loss and accuracy over all of `sequences`, batched by length."""
+) -> dict[str, float]:
+    """The method's metrics (loss, token accuracy, its own) over all of `encoded`,
+    batched by length."""
     device = next(model.parameters()).device
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].input_ids))
-    loss_total, correct_total, label_tokens = 0.0, 0, 0
+    units, lengths = encoded.units, encoded.lengths
+    order = sorted(range(len(units)), key=lambda i: lengths[i])
+    totals = dict.fromkeys(method.stats, 0.0)
+    weight = 0
     model.eval()
     try:
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
-                batch = batching.collate(
-                    [sequences[i] for i in order[start : start + batch_size]], pad_id
+                batch = method.collate(
+                    [units[i] for i in order[start : start + batch_size]], pad_id
                 ).to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(
-                        input_ids=batch.input_ids,
-                        attention_mask=batch.attention_mask,
-                        use_cache=False,
-                    ).logits
-                loss_sum, correct = _token_loss(logits, batch.labels)
-                loss_total += loss_sum.item()
-                correct_total += int(correct.item())
-                label_tokens += batch.label_tokens
+                stats = method.measure(model, batch, bf16)[1].tolist()
+                for name, value in zip(method.stats, stats, strict=True):
+                    totals[name] += value
+                weight += method.weight(batch)
     finally:
         model.train()
-    return loss_total / label_tokens, correct_total / label_tokens
+    return method.metrics(totals, weight)
 
 
 def _best_path(root: Path, progress: _Progress) -> Path | None:
@@ -593,15 +631,21 @@ def _best_path(root: Path, progress: _Progress) -> Path | None:
 
 
 def _write_csv(path: Path, history: list[dict[str, float | int | None]]) -> None:
-    """OpenAI's results-file columns; written whole to a temporary name, then renamed."""
+    """OpenAI's results-file columns, then the method's own (DPO's rewards); written whole
+    to a temporary name, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp")
+    columns = (
+        [*CSV_COLUMNS, *(key for key in history[0] if key not in CSV_COLUMNS)]
+        if history
+        else CSV_COLUMNS
+    )
     with staging.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(columns)
         for row in history:
             writer.writerow(
-                "" if row[column] is None else _format(row[column]) for column in CSV_COLUMNS
+                "" if row[column] is None else _format(row[column]) for column in columns
             )
     os.replace(staging, path)
 

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -207,7 +208,12 @@ class BlobStore:
         staging = cache / TMP / f"{key.replace('/', '-')}.{secrets.token_hex(4)}"
         self.fs.get(self._full(key) + "/", str(staging), recursive=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process (a rank beside this one) placed it first
+            if not target.is_dir():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
         return target
 
     def get_file(self, key: str, cache: Path) -> Path:

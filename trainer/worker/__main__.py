@@ -51,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-id", default="", help="unique per worker (default host:pid)")
     parser.add_argument("--listen", default="127.0.0.1:0", help="serve: InferenceService address")
     parser.add_argument("--parent", type=int, default=0, help="exit when this process is gone")
+    parser.add_argument(
+        "--ranks",
+        choices=("local", "ray"),
+        default="local",
+        help="where a data-parallel job's other processes start: beside this worker, or as "
+        "actors on the Ray cluster this worker runs on",
+    )
+    parser.add_argument("--rank-cpus", type=float, default=1.0, help="CPUs per Ray rank")
     options = parser.parse_args(argv)
     logs.setup(os.environ.get("TUNEWIRE_LOG_LEVEL", "warning"))
     if options.parent:
@@ -62,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     token = os.environ["TUNEWIRE_WORKER_TOKEN"]
     kind = KINDS[options.kind]
     place = Place(
-        BlobStore(options.blobs), Path(options.models_dir).resolve(), Path(options.scratch)
+        BlobStore(options.blobs),
+        Path(options.models_dir).resolve(),
+        Path(options.scratch),
+        options.ranks,
+        options.rank_cpus,
     )
     info = worker_pb2.WorkerInfo(
         id=options.worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",

@@ -4,10 +4,12 @@ it, hashed here, so the control plane only records them."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from trainer.checkpoints import (
 from trainer.distributed import data_parallel
 from trainer.recipe import Callbacks, RunInfo, train
 from trainer.worker.lease import Lease, Outcome, is_nan, struct
+from trainer.worker.ranks import LocalRanks, NoRoom, RankWork
 from tunewire.v1 import checkpoints_pb2, common_pb2, jobs_pb2, worker_pb2
 
 log = logging.getLogger("tunewire.worker")
@@ -32,6 +35,8 @@ log = logging.getLogger("tunewire.worker")
 # Fault injection for tests: "step:N" makes every attempt raise at step N.
 FAILPOINT = os.environ.get("TUNEWIRE_FAILPOINT", "")
 TargetModules = jobs_pb2.Hyperparameters.TargetModules
+DEVICES = {0: "cpu", 1: "cuda"}
+"""A job's GPUs per process, as the device each of its ranks trains on."""
 OUTCOMES = {
     "succeeded": Outcome.OUTCOME_SUCCEEDED,
     "cancelled": Outcome.OUTCOME_CANCELLED,
@@ -46,6 +51,8 @@ class Place:
     blobs: BlobStore
     models_dir: Path
     scratch: Path
+    ranks: str = "local"  # where a data-parallel job's other ranks start: "local" or "ray"
+    rank_cpus: float = 1.0  # CPUs each of them asks Ray for
 
     @property
     def cache(self) -> Path:
@@ -66,6 +73,13 @@ def train_args(work: worker_pb2.TrainWork, place: Place, epoch: int) -> TrainArg
         "validation_file_name": valid.filename if valid else "",
         "output_dir": str(place.scratch / "jobs" / job.id / f"attempt-{epoch}"),
         "seed": job.seed,
+        "method": "dpo" if job.method.type == jobs_pb2.Method.TYPE_DPO else "supervised",
+        "device": DEVICES[job.compute.gpus_per_worker]
+        if job.compute.HasField("gpus_per_worker")
+        else "auto",
+        "sharding": "fsdp"
+        if job.compute.sharding == jobs_pb2.Compute.SHARDING_FSDP
+        else "replicated",
         "resume_from": _fetch_checkpoint(blobs, work.resume_checkpoint, cache)
         if work.resume_checkpoint
         else None,
@@ -113,6 +127,8 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
         used = {row.name: getattr(args, row.name) for row in JOB_HYPERPARAMETERS}
         used.update(dataclasses.asdict(info.hyperparameters))
         del used["learning_rate"]  # not a job's field: base rate times the multiplier
+        # A method's own hyperparameters (DPO's beta) stay unset on other methods' jobs.
+        used = {name: value for name, value in used.items() if value not in (None, "auto")}
         resolved = jobs_pb2.Hyperparameters(
             **used, target_modules=TargetModules.Value(f"TARGET_MODULES_{args.target_modules}")
         )
@@ -141,14 +157,28 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
     def on_event(level: str, message: str, data: dict[str, Any]) -> None:
         lease.event(message, data, level=level, key=f"event:{message}")
 
-    def on_validation(*, step: int, valid_loss: float, valid_mean_token_accuracy: float):
+    def on_validation(
+        *,
+        step: int,
+        valid_loss: float,
+        valid_mean_token_accuracy: float,
+        **method_metrics: float,
+    ):
+        message = f"Step {step}: validation loss={valid_loss:.2f}, "
+        if "valid_reward_accuracy" in method_metrics:  # DPO: what tells progress
+            message += (
+                f"reward accuracy={method_metrics['valid_reward_accuracy']:.2f}, "
+                f"margin={method_metrics['valid_reward_margin']:.2f}"
+            )
+        else:
+            message += f"accuracy={valid_mean_token_accuracy:.2f}"
         lease.event(
-            f"Step {step}: validation loss={valid_loss:.2f}, "
-            f"accuracy={valid_mean_token_accuracy:.2f}",
+            message,
             {
                 "step": step,
                 "valid_loss": valid_loss,
                 "valid_mean_token_accuracy": valid_mean_token_accuracy,
+                **method_metrics,
             },
             key=f"validation:{step}",
         )
@@ -175,8 +205,11 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
         _prune(blobs, work.checkpoint_prefix, path.parent)
 
     world = work.job.compute.workers or 1
+    if problem := _compute_problem(args.device, world, place.ranks):
+        lease.fail("invalid_compute", problem, param="compute.gpus_per_worker")
+        return
     try:
-        with data_parallel(args, world, Path(args.output_dir).parent / "ranks") as pids:
+        with _ranks(work, place, lease.lease.epoch, world, args.device) as pids:
             if pids:
                 lease.event(
                     f"Training on {world} data-parallel processes (pids {pids} beside this one)",
@@ -200,6 +233,9 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
     except Refused as error:  # it would fail the same way again: no retry
         lease.fail(error.code, str(error), param=error.field)
         return
+    except NoRoom as error:  # the cluster may have room on the next attempt
+        lease.fail("training_error", str(error), param="compute.workers")
+        return
     if lease.lost.is_set():
         return
     finished: dict[str, Any] = {}
@@ -215,6 +251,49 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
         trained_tokens=result.trained_tokens,
         **finished,
     )
+
+
+def _compute_problem(device: str, world: int, ranks: str) -> str:
+    """Why this worker cannot give the job the GPUs it asks for, if it cannot."""
+    if device != "cuda":
+        return ""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "the job asks for a GPU per process, and this worker has none"
+    if ranks == "local" and torch.cuda.device_count() < world:
+        return (
+            f"the job asks for {world} processes with a GPU each, and this worker has "
+            f"{torch.cuda.device_count()} GPU(s)"
+        )
+    return ""
+
+
+@contextlib.contextmanager
+def _ranks(
+    work: worker_pb2.TrainWork, place: Place, epoch: int, world: int, device: str
+) -> Iterator[list[int]]:
+    """The job's other ranks, started beside this worker or on the Ray cluster, joined
+    with this process as rank 0 while the run lasts; their pids."""
+    if world <= 1:
+        yield []
+        return
+    spec = RankWork(
+        work.SerializeToString(), epoch, place.blobs.url, str(place.models_dir), str(place.scratch)
+    )
+    if place.ranks == "ray":
+        import torch
+
+        from trainer.worker import ray_ranks
+
+        gpus = int(torch.cuda.is_available()) if device == "auto" else int(device == "cuda")
+        launcher = ray_ranks.RayRanks(spec, world, place.rank_cpus, gpus)
+        host = ray_ranks.node_address()
+    else:
+        launcher = LocalRanks(spec, place.scratch / "jobs" / work.job.id / f"ranks-{epoch}")
+        host = "127.0.0.1"
+    with data_parallel(world, launcher, host, device) as pids:
+        yield pids
 
 
 def _put_file(blobs: BlobStore, source: Path, key: str) -> common_pb2.Artifact:

@@ -96,18 +96,32 @@ class Method(_message.Message):
         TYPE_UNSPECIFIED: _ClassVar[Method.Type]
         TYPE_SUPERVISED: _ClassVar[Method.Type]
         TYPE_DPO: _ClassVar[Method.Type]
+        TYPE_CLASSIFICATION: _ClassVar[Method.Type]
     TYPE_UNSPECIFIED: Method.Type
     TYPE_SUPERVISED: Method.Type
     TYPE_DPO: Method.Type
+    TYPE_CLASSIFICATION: Method.Type
     TYPE_FIELD_NUMBER: _ClassVar[int]
     type: Method.Type
     def __init__(self, type: _Optional[_Union[Method.Type, str]] = ...) -> None: ...
 
 class Compute(_message.Message):
-    __slots__ = ("workers",)
+    __slots__ = ("workers", "gpus_per_worker", "sharding")
+    class Sharding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        SHARDING_UNSPECIFIED: _ClassVar[Compute.Sharding]
+        SHARDING_REPLICATED: _ClassVar[Compute.Sharding]
+        SHARDING_FSDP: _ClassVar[Compute.Sharding]
+    SHARDING_UNSPECIFIED: Compute.Sharding
+    SHARDING_REPLICATED: Compute.Sharding
+    SHARDING_FSDP: Compute.Sharding
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
+    SHARDING_FIELD_NUMBER: _ClassVar[int]
     workers: int
-    def __init__(self, workers: _Optional[int] = ...) -> None: ...
+    gpus_per_worker: int
+    sharding: Compute.Sharding
+    def __init__(self, workers: _Optional[int] = ..., gpus_per_worker: _Optional[int] = ..., sharding: _Optional[_Union[Compute.Sharding, str]] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
     __slots__ = ("n_epochs", "batch_size", "learning_rate_multiplier", "beta", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "early_stopping_patience", "early_stopping_threshold", "checkpoint_every_steps")
@@ -186,7 +200,7 @@ class GetJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "metadata")
+    __slots__ = ("page_size", "page_token", "metadata", "order_by", "after_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -197,18 +211,24 @@ class ListJobsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    ORDER_BY_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    order_by: str
+    after_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., order_by: _Optional[str] = ..., after_id: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
-    __slots__ = ("jobs", "next_page_token")
+    __slots__ = ("jobs", "next_page_token", "total_size")
     JOBS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[Job]
     next_page_token: str
-    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    total_size: int
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_size: _Optional[int] = ...) -> None: ...
 
 class UpdateJobRequest(_message.Message):
     __slots__ = ("job", "update_mask")
@@ -237,16 +257,22 @@ class ResumeJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ListJobEventsRequest(_message.Message):
-    __slots__ = ("job_id", "page_size", "page_token", "after_sequence")
+    __slots__ = ("job_id", "page_size", "page_token", "after_sequence", "order_by", "after_id", "types")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ORDER_BY_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     page_size: int
     page_token: str
     after_sequence: int
-    def __init__(self, job_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., after_sequence: _Optional[int] = ...) -> None: ...
+    order_by: str
+    after_id: str
+    types: _containers.RepeatedScalarFieldContainer[_events_pb2.Event.Type]
+    def __init__(self, job_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., after_sequence: _Optional[int] = ..., order_by: _Optional[str] = ..., after_id: _Optional[str] = ..., types: _Optional[_Iterable[_Union[_events_pb2.Event.Type, str]]] = ...) -> None: ...
 
 class ListJobEventsResponse(_message.Message):
     __slots__ = ("events", "next_page_token")
@@ -257,28 +283,36 @@ class ListJobEventsResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class StreamJobEventsRequest(_message.Message):
-    __slots__ = ("job_id", "after_sequence")
+    __slots__ = ("job_id", "after_sequence", "max_batch_size")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     after_sequence: int
-    def __init__(self, job_id: _Optional[str] = ..., after_sequence: _Optional[int] = ...) -> None: ...
+    max_batch_size: int
+    def __init__(self, job_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
 
 class StreamJobEventsResponse(_message.Message):
-    __slots__ = ("event",)
+    __slots__ = ("event", "events")
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     event: _events_pb2.Event
-    def __init__(self, event: _Optional[_Union[_events_pb2.Event, _Mapping]] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
+    def __init__(self, event: _Optional[_Union[_events_pb2.Event, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ...) -> None: ...
 
 class ListCheckpointsRequest(_message.Message):
-    __slots__ = ("job_id", "page_size", "page_token")
+    __slots__ = ("job_id", "page_size", "page_token", "order_by", "after_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ORDER_BY_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     page_size: int
     page_token: str
-    def __init__(self, job_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    order_by: str
+    after_id: str
+    def __init__(self, job_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order_by: _Optional[str] = ..., after_id: _Optional[str] = ...) -> None: ...
 
 class ListCheckpointsResponse(_message.Message):
     __slots__ = ("checkpoints", "next_page_token")
