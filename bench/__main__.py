@@ -38,6 +38,7 @@ from bench.harness import (
 
 BENCHMARKS = [
     "training",
+    "dpo",
     "data_parallel",
     "service",
     "queue",
@@ -48,10 +49,13 @@ BENCHMARKS = [
     "validation",
     "bridge",
     "onnx",
+    "classification",
 ]
 SLOWEST_FIRST = [
     "onnx",
+    "classification",
     "training",
+    "dpo",
     "data_parallel",
     "service",
     "queue",

@@ -93,6 +93,16 @@ class ControlPlane:
 
         return {model.name for model in list_base_models(self.settings.models_dir)}
 
+    def encoder_names(self) -> set[str]:
+        """The usable base models that are encoders (they classify; the rest generate)."""
+        from trainer.models import is_causal_lm, list_base_models
+
+        return {
+            model.name
+            for model in list_base_models(self.settings.models_dir)
+            if not is_causal_lm(model.architecture)
+        }
+
     def check_base_model(self, name: str) -> None:
         """Refuse a base model that is in the models dir but cannot be used, saying why."""
         from trainer.models import scan_base_models

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from trainer.formats import Example, Format, Problem, is_plain_text, parse_record
+from trainer.labels import LABELLED, LabelStat, LabelTally
 
 _BLOCK_SIZE = 1 << 20
 MAX_LINE_BYTES = 8 << 20
@@ -36,6 +37,7 @@ class Report:
     token_estimate: int  # ceil(chars / 4) over the trained text of the valid examples
     problems: list[Problem] = field(default_factory=list)  # the first max_problems, by line
     problem_count: int = 0  # every problem, including those past the cap
+    labels: list[LabelStat] = field(default_factory=list)  # classification data: by label
 
     @property
     def ok(self) -> bool:
@@ -102,12 +104,16 @@ def validate_file(
     else:
         stream = open(path, "rb")  # noqa: SIM115 - closed by the with below
         document = is_plain_text(filename or Path(path).name)
+    tally = LabelTally()
     with stream as f:
-        scan = _scan_document if document else _scan_jsonl
-        fmt, examples, lines, chars, records = scan(_blocks(f, max_line_bytes), found)
+        blocks = _blocks(f, max_line_bytes)
+        scanned = _scan_document(blocks, found) if document else _scan_jsonl(blocks, found, tally)
+        fmt, examples, lines, chars, records = scanned
     # A document is one example by definition (the trainer chunks it), so a minimum number of
     # examples only means something for JSONL.
     file_problems = _file_problems(records, examples, 1 if document else min_examples)
+    if too_many := tally.too_many():
+        file_problems.append(Problem(0, "$.label", "too_many_labels", too_many))
     problem_count = found.count + len(file_problems)
     return Report(
         format=fmt,
@@ -116,6 +122,7 @@ def validate_file(
         token_estimate=-(-chars // _CHARS_PER_TOKEN),
         problems=(file_problems + found.kept)[:max_problems],
         problem_count=problem_count,
+        labels=tally.sorted(),
     )
 
 
@@ -123,8 +130,11 @@ Blocks = Iterator[tuple[int, list[bytes | _Overlong], int]]
 """Each block's offset, its lines and the line-length cap."""
 
 
-def _scan_jsonl(blocks: Blocks, found: _Problems) -> tuple[Format | None, int, int, int, int]:
-    """Returns (format, valid examples, lines, trained chars, non-blank lines)."""
+def _scan_jsonl(
+    blocks: Blocks, found: _Problems, tally: LabelTally
+) -> tuple[Format | None, int, int, int, int]:
+    """Returns (format, valid examples, lines, trained chars, non-blank lines); counts the
+    labels of classification data in `tally`."""
     fmt: Format | None = None
     examples = chars = records = 0
     line = 0
@@ -162,6 +172,8 @@ def _scan_jsonl(blocks: Blocks, found: _Problems) -> tuple[Format | None, int, i
             fmt = example.format
             examples += 1
             chars += _trained_chars(example)
+            if fmt in LABELLED:
+                tally.add(example, line)
     return fmt, examples, line, chars, records
 
 

@@ -333,6 +333,18 @@ def chat_lines(n: int, tag: str = "") -> bytes:
     )
 
 
+def preference_lines(n: int, tag: str = "") -> bytes:
+    """`n` valid preference examples (DPO's data), different per `tag`."""
+    return b"".join(
+        (
+            f'{{"input": {{"messages": [{{"role": "user", "content": "q{i} {tag}"}}]}}, '
+            f'"preferred_output": [{{"role": "assistant", "content": "good a{i}"}}], '
+            f'"non_preferred_output": [{{"role": "assistant", "content": "bad a{i}"}}]}}\n'
+        ).encode()
+        for i in range(n)
+    )
+
+
 # --- fixtures ---------------------------------------------------------------------------------
 
 

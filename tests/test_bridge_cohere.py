@@ -20,6 +20,8 @@ from cohere.finetuning import (
 )
 from test_bridge import Stack
 
+from bench import intents
+
 # The `rest` and `live` stacks (one each per session).
 pytest_plugins = ["test_bridge"]
 
@@ -180,4 +182,151 @@ def test_cohere_errors(rest: Stack, transport: httpx.Client) -> None:
     status = co.datasets.get(broken.id).dataset
     assert status.validation_status == "failed" and "line 1" in status.validation_error
     for made in (few, broken):
+        co.datasets.delete(made.id)
+
+
+# --- classification ------------------------------------------------------------------------
+
+
+def intent_rows(n: int, seed: int, multi: bool = False) -> bytes:
+    rows = intents.multi_label(n, seed) if multi else intents.single_label(n, seed)
+    return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+
+
+def test_cohere_sdk_classification(live: Stack, transport: httpx.Client) -> None:
+    """Cohere's classify fine-tuning flow, unchanged: a single-label dataset, a
+    BASE_TYPE_CLASSIFICATION model on the real MiniLM, wait, classify."""
+    co = sdk(live, transport)
+    created = co.datasets.create(
+        name="intents",
+        type="single-label-classification-finetune-input",
+        data=("train.jsonl", intent_rows(24, seed=1)),
+        eval_data=("eval.jsonl", intent_rows(8, seed=2)),
+    )
+    dataset = co.wait(created).dataset
+    assert dataset.dataset_type == "single-label-classification-finetune-input"
+    assert dataset.validation_status == "validated", dataset.validation_error
+    model = co.finetuning.create_finetuned_model(
+        request=FinetunedModel(
+            name="intent classifier",
+            settings=Settings(
+                base_model=BaseModel(base_type="BASE_TYPE_CLASSIFICATION"),
+                dataset_id=created.id,
+                hyperparameters=Hyperparameters(
+                    train_epochs=1, train_batch_size=8, learning_rate=1e-3
+                ),
+            ),
+        )
+    ).finetuned_model
+    assert model.settings.base_model.base_type == "BASE_TYPE_CLASSIFICATION"
+    assert model.settings.base_model.name == "all-MiniLM-L6-v2"
+    assert model.settings.multi_label is False
+
+    deadline = time.monotonic() + 180
+    while (current := co.finetuning.get_finetuned_model(model.id).finetuned_model).status in (
+        "STATUS_QUEUED",
+        "STATUS_FINETUNING",
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert current.status == "STATUS_READY"
+    listed = co.finetuning.list_finetuned_models(page_size=100).finetuned_models
+    mine = next(m for m in listed if m.id == model.id)
+    assert mine.settings.base_model.base_type == "BASE_TYPE_CLASSIFICATION"
+
+    texts = ["please don't end my plan, just pause it", "I'd rather upgrade it than close it"]
+    for name in (model.id + "-ft", model.id):  # Cohere's guide calls it with "-ft"
+        response = co.classify(inputs=texts, model=name)
+        assert [c.input for c in response.classifications] == texts
+        for found in response.classifications:
+            assert found.classification_type == "single-label"
+            assert found.prediction in intents.LABELS and found.predictions == [found.prediction]
+            assert sorted(found.labels) == intents.LABELS
+            assert found.confidence == pytest.approx(found.labels[found.prediction].confidence)
+            assert sum(v.confidence for v in found.labels.values()) == pytest.approx(1, abs=1e-5)
+            assert found.confidence == max(v.confidence for v in found.labels.values())
+
+    # PATCH: the same settings are accepted; another base type is refused.
+    same = co.finetuning.update_finetuned_model(
+        model.id, name="intents v2", settings=current.settings
+    )
+    assert same.finetuned_model.name == "intents v2"
+    chat = current.settings.model_copy(
+        update={
+            "base_model": BaseModel(
+                name=current.settings.base_model.name, base_type="BASE_TYPE_CHAT"
+            )
+        }
+    )
+    with pytest.raises(cohere.BadRequestError) as immutable:
+        co.finetuning.update_finetuned_model(model.id, name="intents v2", settings=chat)
+    assert "settings.base_model.base_type" in immutable.value.body["message"]
+
+    assert co.finetuning.delete_finetuned_model(model.id) == {}
+    with pytest.raises(cohere.NotFoundError):
+        co.classify(inputs=texts, model=model.id)
+    co.datasets.delete(created.id)
+
+
+def test_cohere_classification_data_errors(rest: Stack, transport: httpx.Client) -> None:
+    """Each problem names its part and line; a dataset of the wrong type is not kept."""
+    co = sdk(rest, transport)
+    multi = co.datasets.create(
+        name="topics",
+        type="multi-label-classification-finetune-input",
+        data=("train.jsonl", intent_rows(12, seed=3, multi=True)),
+    )
+    dataset = co.datasets.get(multi.id).dataset
+    assert dataset.dataset_type == "multi-label-classification-finetune-input"
+    assert dataset.validation_status == "validated", dataset.validation_error
+
+    with pytest.raises(cohere.BadRequestError) as wrong:
+        co.datasets.create(
+            name="wrong",
+            type="single-label-classification-finetune-input",
+            data=("train.jsonl", intent_rows(12, seed=3, multi=True)),
+        )
+    message = wrong.value.body["message"]
+    assert "a list of labels per example (line 1)" in message
+    assert "multi-label-classification-finetune-input" in message
+    with pytest.raises(cohere.BadRequestError) as chat:
+        co.datasets.create(
+            name="chat", type="chat-finetune-input", data=("t.jsonl", intent_rows(12, 4))
+        )
+    assert "single-label-classification-finetune-input" in chat.value.body["message"]
+
+    one = b"".join(
+        json.dumps({"text": f"text {i}", "label": "spam"}).encode() + b"\n" for i in range(12)
+    )
+    single = co.datasets.create(
+        name="one", type="single-label-classification-finetune-input", data=("t.jsonl", one)
+    )
+    status = co.datasets.get(single.id).dataset
+    assert status.validation_status == "failed"
+    assert "'spam' (first on line 1)" in status.validation_error
+
+    unknown = intent_rows(2, seed=5) + b'{"text": "where is my refund", "label": "refund"}\n'
+    paired = co.datasets.create(
+        name="paired",
+        type="single-label-classification-finetune-input",
+        data=("t.jsonl", intent_rows(12, seed=6)),
+        eval_data=("e.jsonl", unknown),
+    )
+    status = co.datasets.get(paired.id).dataset
+    assert status.validation_status == "failed"
+    assert "eval_data line 3: label 'refund' is not a label of the training file" in (
+        status.validation_error
+    )
+    broken = co.datasets.create(
+        name="broken",
+        type="single-label-classification-finetune-input",
+        data=("t.jsonl", b'{"text": "a", "label": "x"}\n{"text": "", "label": ["y"]}\n'),
+    )
+    status = co.datasets.get(broken.id).dataset
+    assert status.validation_status == "failed" and "line 2" in status.validation_error
+
+    with pytest.raises(cohere.BadRequestError) as examples:
+        co.classify(inputs=["x"], examples=[{"text": "a", "label": "b"}], model="m")
+    assert "examples" in examples.value.body["message"]
+    for made in (multi, single, paired, broken):
         co.datasets.delete(made.id)

@@ -132,6 +132,7 @@ NORMALIZED = [
             Format.PREFERENCE,
             messages=(Message("user", "Hi"), Message("assistant", "Hello!")),
             rejected=(Message("assistant", "Go away."),),
+            chosen=(Message("assistant", "Hello!"),),
         ),
     ),
     (TEXT, Example(Format.TEXT, text="Once upon a time.")),

@@ -5,9 +5,9 @@ module, so a file that validates is exactly a file the trainer can read. Chat-li
 normalized to ``Message`` tuples with roles ``system|user|assistant|tool``.
 
 OpenAI's formats (chat, prompt/completion, preference) are checked strictly, as OpenAI does:
-an unknown top-level key is a problem. The community formats (Cohere chat, Alpaca, ShareGPT,
-text) ignore unknown top-level keys, because public datasets in those shapes routinely carry
-metadata such as ``id`` or ``source``.
+an unknown top-level key is a problem. The community formats (Cohere chat and classification,
+Alpaca, ShareGPT, text) ignore unknown top-level keys, because public datasets in those shapes
+routinely carry metadata such as ``id`` or ``source``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ class Format(enum.StrEnum):
     COHERE_CHAT = "cohere_chat"
     ALPACA = "alpaca"
     SHAREGPT = "sharegpt"
+    # Cohere's classification data, {"text", "label"}: one label (a string) per example, or
+    # a list of labels, possibly empty. The values are Hugging Face's `problem_type`s.
+    SINGLE_LABEL = "single_label_classification"
+    MULTI_LABEL = "multi_label_classification"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,8 @@ class Example:
     completion: str = ""
     text: str = ""  # TEXT
     rejected: tuple[Message, ...] = ()  # PREFERENCE: the non-preferred output
+    chosen: tuple[Message, ...] = ()  # PREFERENCE: the preferred output (what messages ends with)
+    labels: tuple[str, ...] = ()  # SINGLE_LABEL (exactly one), MULTI_LABEL; `text` is the input
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +79,16 @@ def _slot_setters(cls: type) -> tuple[Callable[[object, object], None], ...]:
 
 _new = object.__new__
 _set_role, _set_content, _set_weight = _slot_setters(Message)
-_set_format, _set_messages, _set_prompt, _set_completion, _set_text, _set_rejected = _slot_setters(
-    Example
-)
+(
+    _set_format,
+    _set_messages,
+    _set_prompt,
+    _set_completion,
+    _set_text,
+    _set_rejected,
+    _set_chosen,
+    _set_labels,
+) = _slot_setters(Example)
 
 
 def _message(role: str, content: str) -> Message:
@@ -96,6 +109,8 @@ def _chat_example(fmt: Format, messages: tuple[Message, ...]) -> Example:
     _set_completion(example, "")
     _set_text(example, "")
     _set_rejected(example, ())
+    _set_chosen(example, ())
+    _set_labels(example, ())
     return example
 
 
@@ -159,6 +174,7 @@ _PROMPT_COMPLETION_KEYS = frozenset({"prompt", "completion"})
 _OPENAI_ROLES = frozenset(_CHAT.roles)
 _COHERE_ROLES = frozenset(_COHERE.roles)
 _CHAT_FAMILY = frozenset({Format.CHAT, Format.COHERE_CHAT})
+_LABELLED = frozenset({Format.SINGLE_LABEL, Format.MULTI_LABEL})
 _MISSING: Any = object()
 
 
@@ -183,6 +199,8 @@ def detect_format(record: object) -> Format | None:
         return Format.ALPACA
     if "conversations" in record:
         return Format.SHAREGPT
+    if "label" in record:
+        return Format.MULTI_LABEL if isinstance(record["label"], list) else Format.SINGLE_LABEL
     if "text" in record:
         return Format.TEXT
     return None
@@ -214,10 +232,15 @@ def parse_record(
     if fmt is None:
         fmt = detect_format(record) or Format.CHAT
     # Chat and Cohere chat share a shape; a record of either in a file of either is checked by
-    # the file's rules, so a typo in a role reads as a bad role, not as another format.
+    # the file's rules, so a typo in a role reads as a bad role, not as another format. So is
+    # a classification record that lacks its label: it reads as a missing label.
     elif not (fmt in _CHAT_FAMILY and "messages" in record) and (
-        (detected := detect_format(record)) is not None and detected != fmt
+        (detected := detect_format(record)) is not None
+        and detected != fmt
+        and not (fmt in _LABELLED and detected == Format.TEXT)
     ):
+        if {fmt, detected} == _LABELLED:
+            return None, [_mixed_labels(line, fmt)]
         return None, [
             Problem(
                 line,
@@ -304,7 +327,12 @@ def _parse_preference(record: dict[str, Any], line: int, problems: list[Problem]
         messages = _parse_message_list(prompt, "$.input", _CHAT, line, problems)[0] or []
     preferred = _parse_output(record, "preferred_output", line, problems)
     rejected = _parse_output(record, "non_preferred_output", line, problems)
-    return Example(Format.PREFERENCE, messages=(*messages, *preferred), rejected=tuple(rejected))
+    return Example(
+        Format.PREFERENCE,
+        messages=(*messages, *preferred),
+        rejected=tuple(rejected),
+        chosen=tuple(preferred),
+    )
 
 
 def _parse_output(
@@ -351,6 +379,54 @@ def _parse_text(record: dict[str, Any], line: int, problems: list[Problem]) -> E
     return Example(Format.TEXT, text=text)
 
 
+def _parse_labelled(record: dict[str, Any], line: int, problems: list[Problem]) -> Example:
+    """Cohere's classification row: a non-empty text and its label, or its list of labels."""
+    text = _string_field(record, "text", line, problems, required=True)
+    if text and text.isspace():
+        problems.append(Problem(line, "$.text", "missing_content", "$.text is only whitespace"))
+    value = record.get("label", _MISSING)
+    multi = isinstance(value, list)
+    labels: list[str] = []
+    if value is _MISSING:
+        problems.append(_missing_key(line, "$.label", "a string, or a list of strings"))
+    elif multi:
+        for i, label in enumerate(value):
+            path = f"$.label[{i}]"
+            if not isinstance(label, str):
+                problems.append(_data_type(line, path, "a string", label))
+            elif not label.strip():
+                problems.append(Problem(line, path, "missing_label", f"{path} is empty"))
+            elif label in labels:
+                problems.append(
+                    Problem(line, path, "duplicate_label", f"{path} repeats the label {label!r}")
+                )
+            else:
+                labels.append(label)
+    elif not isinstance(value, str):
+        problems.append(_data_type(line, "$.label", "a string, or a list of strings", value))
+    elif not value.strip():
+        problems.append(Problem(line, "$.label", "missing_label", "$.label is empty"))
+    else:
+        labels.append(value)
+    fmt = Format.MULTI_LABEL if multi else Format.SINGLE_LABEL
+    return Example(fmt, text=text, labels=tuple(labels))
+
+
+def _mixed_labels(line: int, fmt: Format) -> Problem:
+    """A multi-label row in a single-label file, or the other way round."""
+    if fmt == Format.SINGLE_LABEL:
+        found, kind, other = "a list of labels (multi-label)", "single-label", "a string"
+    else:
+        found, kind, other = "a single label (a string)", "multi-label", "a list"
+    return Problem(
+        line,
+        "$.label",
+        "mixed_label_types",
+        f"$.label is {found}, but the file's earlier examples are {kind}, each label "
+        f"{other}; a file is single-label or multi-label throughout",
+    )
+
+
 _PARSERS = {
     Format.CHAT: _parse_chat,
     Format.PROMPT_COMPLETION: _parse_prompt_completion,
@@ -359,6 +435,8 @@ _PARSERS = {
     Format.COHERE_CHAT: _parse_cohere_chat,
     Format.ALPACA: _parse_alpaca,
     Format.SHAREGPT: _parse_sharegpt,
+    Format.SINGLE_LABEL: _parse_labelled,
+    Format.MULTI_LABEL: _parse_labelled,
 }
 
 

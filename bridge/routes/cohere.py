@@ -33,6 +33,7 @@ from bridge.backend import (
 )
 from bridge.deps import Auth, BackendDep, Int32, SettingsDep
 from bridge.errors import ApiError, Code
+from bridge.routes import cohere_classify
 from bridge.routing import route_class
 from bridge.uploads import BINARY, Destination, Form, form_openapi, streamed_form
 from server.states import FINAL_JOB_STATES
@@ -72,7 +73,9 @@ FIELDS = {
         for ours, (theirs, _) in COHERE_HYPERPARAMETERS.items()
     },
     "job.suffix": "name",
+    "job.method.type": "settings.base_model.base_type",
     "metadata.filename": "name",
+    "model_id": "model",
 }
 
 
@@ -283,13 +286,17 @@ def dataset_object(data: File, evaluation: File | None) -> Dataset:
         for part in parts
         for p in part.validation.problems
     ]
+    # A classifier's data: at least 2 labels, and no evaluation label it cannot predict.
+    if unusable := cohere_classify.dataset_problems(data, evaluation):
+        problems += unusable
+        status = "failed" if status == "validated" else status
     created = moment(data.create_time) or datetime.fromtimestamp(0)
     return Dataset(
         id=EVAL_JOIN.join(part.id for part in parts),
         name=data.filename.removesuffix(".jsonl"),
         created_at=created,
         updated_at=moment((evaluation or data).create_time) or created,
-        dataset_type=DATASET_TYPE,
+        dataset_type=cohere_classify.dataset_type(data, DATASET_TYPE),
         validation_status=status,
         validation_error="; ".join(problems) or None,
         validation_warnings=[],
@@ -325,9 +332,11 @@ async def create_dataset(
     name: Annotated[str, Query(min_length=1, max_length=200)],
     type: Annotated[str, Query()],
 ) -> CreateDatasetResponse:
-    """Upload a chat fine-tuning dataset: multipart `data` and optional `eval_data` (JSONL)."""
-    if type != DATASET_TYPE:
-        raise ApiError.invalid([("type", f"only {DATASET_TYPE} datasets can be fine-tuned here")])
+    """Upload a chat or classification fine-tuning dataset: multipart `data` and optional
+    `eval_data` (JSONL)."""
+    if type != DATASET_TYPE and type not in cohere_classify.DATASET_FORMATS:
+        kinds = ", ".join([DATASET_TYPE, *cohere_classify.DATASET_FORMATS])
+        raise ApiError.invalid([("type", f"only {kinds} datasets can be fine-tuned here")])
 
     def route(part: str, filename: str | None, form: Form) -> Destination | None:
         if part == "data":
@@ -343,7 +352,13 @@ async def create_dataset(
         if "data" not in form.files:
             raise ApiError.invalid([("data", "required: a file part named 'data'")])
         parts = [form.files[p] for p in ("data", "eval_data") if p in form.files]
-        return CreateDatasetResponse(id=EVAL_JOIN.join(part.id for part in parts))
+    if why := cohere_classify.declared_mismatch(type, parts[0], DATASET_TYPE):
+        for part in parts:  # a dataset of the wrong type is not kept
+            await backend.files.DeleteFile(
+                files_pb2.DeleteFileRequest(file_id=part.id), metadata=auth
+            )
+        raise ApiError.invalid([("type", why)])
+    return CreateDatasetResponse(id=EVAL_JOIN.join(part.id for part in parts))
 
 
 async def _get_files(backend: Backend, auth: Metadata, ids: list[str]) -> list[File]:
@@ -443,9 +458,15 @@ def job_proto(model: FinetunedModel, base_model: str) -> Job:
         "BASE_TYPE_CHAT",
         "BASE_TYPE_GENERATIVE",
         "BASE_TYPE_UNSPECIFIED",
+        cohere_classify.BASE_TYPE,
     ):
         raise ApiError.invalid(
-            [("settings.base_model.base_type", "only chat and generative fine-tunes are supported")]
+            [
+                (
+                    "settings.base_model.base_type",
+                    "only chat, generative and classification fine-tunes are supported",
+                )
+            ]
         )
     ids = dataset_files(settings.dataset_id)
     given = settings.hyperparameters or FinetuningHyperparameters()
@@ -472,6 +493,8 @@ def job_proto(model: FinetunedModel, base_model: str) -> Job:
         metadata={NAME_KEY: model.name},
         hyperparameters=hp,
     )
+    if settings.base_model.base_type == cohere_classify.BASE_TYPE:
+        job.method.type = jobs_pb2.Method.TYPE_CLASSIFICATION
     if settings.wandb:
         job.integrations.add(
             type="wandb", project=settings.wandb.project, entity=settings.wandb.entity or ""
@@ -518,7 +541,13 @@ async def finetuned_model(backend: Backend, auth: Metadata, job: Job) -> Finetun
         name=job.metadata.get(NAME_KEY) or job.suffix or job.id,
         organization_id=job.organization,
         settings=Settings(
-            base_model=CohereBaseModel(name=job.base_model, base_type="BASE_TYPE_CHAT"),
+            base_model=CohereBaseModel(
+                name=job.base_model,
+                base_type=cohere_classify.BASE_TYPE
+                if cohere_classify.is_classification(job)
+                else "BASE_TYPE_CHAT",
+            ),
+            multi_label=await cohere_classify.multi_label(backend, auth, job),
             dataset_id=EVAL_JOIN.join(filter(None, (job.training_file, job.validation_file))),
             hyperparameters=_hyperparameters(job),
             wandb=WandbConfig(project=wandb.project, entity=wandb.entity or None)
@@ -536,9 +565,12 @@ async def finetuned_model(backend: Backend, auth: Metadata, job: Job) -> Finetun
 async def create_finetuned_model(
     body: FinetunedModel, backend: BackendDep, auth: Auth, settings: SettingsDep
 ) -> FinetunedModelResponse:
-    base = body.settings.base_model.name or await default_base_model(
-        backend, auth, settings.default_base_model
-    )
+    if body.settings.base_model.base_type == cohere_classify.BASE_TYPE:
+        base = body.settings.base_model.name or cohere_classify.DEFAULT_BASE_MODEL
+    else:
+        base = body.settings.base_model.name or await default_base_model(
+            backend, auth, settings.default_base_model
+        )
     job = await backend.jobs.CreateJob(
         jobs_pb2.CreateJobRequest(job=job_proto(body, base)), metadata=auth
     )
@@ -596,6 +628,8 @@ async def update_finetuned_model(
         changed.append("settings.dataset_id")
     if wanted.base_model != job.base_model:
         changed.append("settings.base_model.name")
+    if cohere_classify.is_classification(wanted) != cohere_classify.is_classification(job):
+        changed.append("settings.base_model.base_type")
     if not _same_hyperparameters(wanted, job):
         changed.append("settings.hyperparameters")
     if changed:
@@ -694,3 +728,7 @@ async def list_training_step_metrics(
         )
     page, token = offset_page(steps, page_size, page_token)
     return ListTrainingStepMetricsResponse(step_metrics=list(page), next_page_token=token)
+
+
+# Classification fine-tunes are called through Cohere's classify (see cohere_classify).
+router.add_api_route("/classify", cohere_classify.classify, methods=["POST"])

@@ -34,6 +34,12 @@ def report_proto(report) -> files_pb2.ValidationReport:
             )
             for p in report.problems
         ],
+        labels=[
+            files_pb2.ValidationReport.Label(
+                label=s.label, example_count=s.examples, first_line=s.first_line
+            )
+            for s in report.labels
+        ],
     )
 
 

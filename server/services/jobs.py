@@ -49,7 +49,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         base_models = self.plane.base_model_names()
         if request.job.base_model not in base_models:
             self.plane.check_base_model(request.job.base_model)  # why, if it is a broken one
-        job = check_create(db, org, request.job, request.request_id, base_models)
+        encoders = self.plane.encoder_names()
+        job = check_create(db, org, request.job, request.request_id, base_models, encoders)
         job.id = new_id("ftjob")
         job.organization = org
         job.state = Job.STATE_VALIDATING_FILES

@@ -15,7 +15,7 @@ from google.protobuf import empty_pb2
 
 from server import exports, registry
 from server.control_plane import ControlPlane, authenticated, caller_org
-from server.errors import FailedPrecondition, InvalidArgument, Unavailable
+from server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from server.store import pages, records
 from server.store.db import write
 from tunewire.v1 import exports_pb2, models_pb2, models_pb2_grpc, worker_pb2
@@ -28,6 +28,8 @@ Export = exports_pb2.Export
 ROLES = ("system", "user", "assistant", "tool")
 MAX_TOKENS = 4096
 MAX_STOP = 4
+MAX_INPUTS = 96  # Cohere's limit per classify call
+MAX_INPUT_CHARS = 100_000
 # The first request may wait for an inference worker to start and import torch.
 SERVE_WAIT_SECONDS = 60.0
 UNLOAD_SECONDS = 10.0
@@ -55,6 +57,22 @@ def check_generate(request: models_pb2.GenerateRequest) -> None:
     if len(request.stop) > MAX_STOP:
         problems.append(("stop", f"at most {MAX_STOP} sequences"))
     problems += [(f"stop[{i}]", "must not be empty") for i, s in enumerate(request.stop) if not s]
+    if problems:
+        raise InvalidArgument(problems)
+
+
+def check_classify(request: models_pb2.ClassifyRequest) -> None:
+    """Every problem with a Classify request, together."""
+    problems = []
+    if not request.model_id:
+        problems.append(("model_id", "required"))
+    if not 1 <= len(request.inputs) <= MAX_INPUTS:
+        problems.append(("inputs", f"give 1 to {MAX_INPUTS} texts, not {len(request.inputs)}"))
+    for i, text in enumerate(request.inputs):
+        if not text.strip():
+            problems.append((f"inputs[{i}]", "must not be empty"))
+        elif len(text) > MAX_INPUT_CHARS:
+            problems.append((f"inputs[{i}]", f"at most {MAX_INPUT_CHARS:,} characters"))
     if problems:
         raise InvalidArgument(problems)
 
@@ -97,14 +115,14 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
 
     @authenticated
     async def ListBaseModels(self, request, context):
-        from trainer.models import list_base_models  # reads configs only, no torch
+        from trainer.models import is_causal_lm, list_base_models  # configs only, no torch
 
         return models_pb2.ListBaseModelsResponse(
             base_models=[
                 BaseModel(
                     id=m.name,
                     kind=BaseModel.KIND_CAUSAL_LM
-                    if m.architecture.endswith("ForCausalLM")
+                    if is_causal_lm(m.architecture)
                     else BaseModel.KIND_ENCODER,
                     architecture=m.architecture,
                     parameter_count=m.parameters,
@@ -185,3 +203,41 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             ) from error
         finally:
             stream.cancel()
+
+    @authenticated
+    async def Classify(self, request: models_pb2.ClassifyRequest, context):
+        check_classify(request)
+        db, org = self.plane.db, caller_org()
+        target = registry.fine_tuned(db, org, request.model_id)
+        if target is None:
+            base_models = self._base_models()
+            if request.model_id in base_models:
+                raise InvalidArgument.field(
+                    "model_id",
+                    f"{request.model_id!r} is a base model, with no classification head; "
+                    "classify with a classification fine-tune of it",
+                )
+            raise NotFound("model", request.model_id)
+        target = registry.resolve(db, self.plane.blobs, org, request.model_id, {})
+        from trainer.models import is_causal_lm  # names only, no torch
+
+        if is_causal_lm(self._base_models().get(target.base_model, "")):
+            raise InvalidArgument.field(
+                "model_id",
+                f"{request.model_id!r} generates text; Classify needs a classification fine-tune",
+            )
+        work = worker_pb2.InferenceServiceClassifyRequest(
+            base_model=target.base_model, adapter=target.adapter, request=request
+        )
+        self.plane.post(worker_pb2.Lease.KIND_SERVE)
+        worker = await self.plane.serving.pick(work.base_model, SERVE_WAIT_SECONDS)
+        try:
+            return await worker.stub().Classify(work, metadata=self._metadata())
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument.field("model_id", error.details() or "") from error
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise FailedPrecondition(error.details() or "") from error
+            raise Unavailable(
+                f"the inference worker failed ({error.code().name}); retry"
+            ) from error

@@ -8,7 +8,7 @@ import logging
 import secrets
 import shutil
 
-from trainer import models
+from trainer import classifier, models
 from trainer.merge import ExportError, merge_adapter
 from trainer.onnx_export import export_adapter
 from trainer.worker.lease import Lease, Outcome
@@ -32,9 +32,13 @@ def run(lease: Lease, work: worker_pb2.ExportWork, place: Place) -> None:
     adapter = blobs.get_dir(work.adapter, place.cache)
     out = place.scratch / "exports" / f"{export.id}.{secrets.token_hex(4)}"
     diffs: dict[str, float] = {}
+    # A classifier's adapter (its labels in its header) merges into a sequence classifier.
+    is_classifier = classifier.read_head(adapter) is not None
+    onnx = classifier.export_onnx if is_classifier else export_adapter
+    merge = classifier.merge_adapter if is_classifier else merge_adapter
     try:
         if export.format == Export.FORMAT_ONNX:
-            done = export_adapter(
+            done = onnx(
                 base, adapter, out, quantize_int8=export.quantize_int8, on_event=lease.event
             )
             diffs = {
@@ -42,7 +46,7 @@ def run(lease: Lease, work: worker_pb2.ExportWork, place: Place) -> None:
                 "int8_max_logit_diff": done.int8_max_logit_diff or 0.0,
             }
         else:
-            merge_adapter(base, adapter, out, lease.event)
+            merge(base, adapter, out, lease.event)
         # What a failed earlier run of this export may have left.
         blobs.delete(work.output)
         artifacts = blobs.put_dir(out, work.output)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from trainer import models
+from trainer import classifier, models
 from trainer.generation import Generator, InvalidPrompt, SamplingParams
 from trainer.worker.lease import Lease
 from trainer.worker.train import Place
@@ -28,6 +28,7 @@ class InferenceServicer(worker_pb2_grpc.InferenceServiceServicer):
         self.place = place
         self.expected = f"Bearer {token}".encode()
         self.generator = Generator()
+        self.classifiers = classifier.Classifiers()
 
     def _authorize(self, context: grpc.ServicerContext) -> None:
         header = dict(context.invocation_metadata() or ()).get("authorization", "")
@@ -80,7 +81,39 @@ class InferenceServicer(worker_pb2_grpc.InferenceServiceServicer):
         if (local := self.place.blobs.local_path(request.adapter)) is None:
             local = self.place.cache / request.adapter
         self.generator.unload(local)
+        self.classifiers.unload(local)
         return worker_pb2.UnloadAdapterResponse()
+
+    def Classify(
+        self, request: worker_pb2.InferenceServiceClassifyRequest, context
+    ) -> models_pb2.ClassifyResponse:
+        self._authorize(context)
+        inputs = list(request.request.inputs)
+        try:
+            base = models.resolve_model(self.place.models_dir, request.base_model)
+            adapter = self._adapter(request.adapter)
+            if classifier.read_head(adapter) is None:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "the model generates text; Classify needs a classification fine-tune",
+                )
+            results = self.classifiers.classify(base, adapter, inputs)
+        except ValueError as error:  # the base model is gone from this worker's models dir
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        return models_pb2.ClassifyResponse(
+            classifications=[
+                models_pb2.Classification(
+                    input=text,
+                    predictions=result.predictions,
+                    labels=[
+                        models_pb2.Classification.LabelConfidence(label=label, confidence=p)
+                        for label, p in result.confidences
+                    ],
+                    multi_label=result.multi_label,
+                )
+                for text, result in zip(inputs, results, strict=True)
+            ]
+        )
 
 
 def start(place: Place, token: str, listen: str) -> tuple[grpc.Server, str]:

@@ -29,7 +29,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tunewire.v1 import common_pb2 as tunewire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tunewire/v1/files.proto\x12\x0btunewire.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18tunewire/v1/common.proto\"\xbb\x04\n\x04\x46ile\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12 \n\x08\x66ilename\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\x08\x66ilename\x12\x39\n\x07purpose\x18\x03 \x01(\x0e\x32\x19.tunewire.v1.File.PurposeB\x04\xe2\x41\x01\x03R\x07purpose\x12\x1a\n\x05\x62ytes\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x05\x62ytes\x12\x1c\n\x06sha256\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03R\x06sha256\x12\x33\n\x05state\x18\x06 \x01(\x0e\x32\x17.tunewire.v1.File.StateB\x04\xe2\x41\x01\x03R\x05state\x12\x41\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x43\n\nvalidation\x18\x08 \x01(\x0b\x32\x1d.tunewire.v1.ValidationReportB\x04\xe2\x41\x01\x03R\nvalidation\"o\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x15\n\x11PURPOSE_FINE_TUNE\x10\x01\x12\x1d\n\x19PURPOSE_FINE_TUNE_RESULTS\x10\x02\x12\x15\n\x11PURPOSE_USER_DATA\x10\x03\"X\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATE_UPLOADED\x10\x01\x12\x13\n\x0fSTATE_PROCESSED\x10\x02\x12\x0f\n\x0bSTATE_ERROR\x10\x03\"\x9a\x03\n\x10ValidationReport\x12\x1c\n\x06\x66ormat\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x06\x66ormat\x12)\n\rexample_count\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x0c\x65xampleCount\x12#\n\nline_count\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03R\tlineCount\x12+\n\x0etoken_estimate\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03R\rtokenEstimate\x12G\n\x08problems\x18\x05 \x03(\x0b\x32%.tunewire.v1.ValidationReport.ProblemB\x04\xe2\x41\x01\x03R\x08problems\x12)\n\rproblem_count\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x0cproblemCount\x1aw\n\x07Problem\x12\x18\n\x04line\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x04line\x12\x18\n\x04path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\x04path\x12\x18\n\x04\x63ode\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03R\x04\x63ode\x12\x1e\n\x07message\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03R\x07message\"u\n\x11UploadFileRequest\x12=\n\x08metadata\x18\x01 \x01(\x0b\x32\x1f.tunewire.v1.UploadFileMetadataH\x00R\x08metadata\x12\x16\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00R\x05\x63hunkB\t\n\x07payload\"q\n\x12UploadFileMetadata\x12 \n\x08\x66ilename\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x08\x66ilename\x12\x39\n\x07purpose\x18\x02 \x01(\x0e\x32\x19.tunewire.v1.File.PurposeB\x04\xe2\x41\x01\x02R\x07purpose\"/\n\x0eGetFileRequest\x12\x1d\n\x07\x66ile_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x06\x66ileId\"\x95\x01\n\x10ListFilesRequest\x12!\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\x12#\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\tpageToken\x12\x39\n\x07purpose\x18\x03 \x01(\x0e\x32\x19.tunewire.v1.File.PurposeB\x04\xe2\x41\x01\x01R\x07purpose\"d\n\x11ListFilesResponse\x12\'\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x11.tunewire.v1.FileR\x05\x66iles\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"2\n\x11\x44\x65leteFileRequest\x12\x1d\n\x07\x66ile_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x06\x66ileId\"4\n\x13\x44ownloadFileRequest\x12\x1d\n\x07\x66ile_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x06\x66ileId\"@\n\x14\x44ownloadFileResponse\x12(\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.ChunkR\x05\x63hunk2\xfd\x03\n\x0b\x46ileService\x12W\n\nUploadFile\x12\x1e.tunewire.v1.UploadFileRequest\x1a\x11.tunewire.v1.File\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/v1/files:\x01*(\x01\x12V\n\x07GetFile\x12\x1b.tunewire.v1.GetFileRequest\x1a\x11.tunewire.v1.File\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/files/{file_id}\x12]\n\tListFiles\x12\x1d.tunewire.v1.ListFilesRequest\x1a\x1e.tunewire.v1.ListFilesResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/files\x12\x61\n\nDeleteFile\x12\x1e.tunewire.v1.DeleteFileRequest\x1a\x16.google.protobuf.Empty\"\x1b\x82\xd3\xe4\x93\x02\x15*\x13/v1/files/{file_id}\x12{\n\x0c\x44ownloadFile\x12 .tunewire.v1.DownloadFileRequest\x1a!.tunewire.v1.DownloadFileResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/files/{file_id}:download0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tunewire/v1/files.proto\x12\x0btunewire.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18tunewire/v1/common.proto\"\xbb\x04\n\x04\x46ile\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12 \n\x08\x66ilename\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\x08\x66ilename\x12\x39\n\x07purpose\x18\x03 \x01(\x0e\x32\x19.tunewire.v1.File.PurposeB\x04\xe2\x41\x01\x03R\x07purpose\x12\x1a\n\x05\x62ytes\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x05\x62ytes\x12\x1c\n\x06sha256\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03R\x06sha256\x12\x33\n\x05state\x18\x06 \x01(\x0e\x32\x17.tunewire.v1.File.StateB\x04\xe2\x41\x01\x03R\x05state\x12\x41\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x43\n\nvalidation\x18\x08 \x01(\x0b\x32\x1d.tunewire.v1.ValidationReportB\x04\xe2\x41\x01\x03R\nvalidation\"o\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x15\n\x11PURPOSE_FINE_TUNE\x10\x01\x12\x1d\n\x19PURPOSE_FINE_TUNE_RESULTS\x10\x02\x12\x15\n\x11PURPOSE_USER_DATA\x10\x03\"X\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATE_UPLOADED\x10\x01\x12\x13\n\x0fSTATE_PROCESSED\x10\x02\x12\x0f\n\x0bSTATE_ERROR\x10\x03\"\xd2\x04\n\x10ValidationReport\x12\x1c\n\x06\x66ormat\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x06\x66ormat\x12)\n\rexample_count\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x0c\x65xampleCount\x12#\n\nline_count\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03R\tlineCount\x12+\n\x0etoken_estimate\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03R\rtokenEstimate\x12G\n\x08problems\x18\x05 \x03(\x0b\x32%.tunewire.v1.ValidationReport.ProblemB\x04\xe2\x41\x01\x03R\x08problems\x12)\n\rproblem_count\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x0cproblemCount\x12\x41\n\x06labels\x18\x07 \x03(\x0b\x32#.tunewire.v1.ValidationReport.LabelB\x04\xe2\x41\x01\x03R\x06labels\x1aw\n\x07Problem\x12\x18\n\x04line\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x04line\x12\x18\n\x04path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\x04path\x12\x18\n\x04\x63ode\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03R\x04\x63ode\x12\x1e\n\x07message\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03R\x07message\x1as\n\x05Label\x12\x1a\n\x05label\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x05label\x12)\n\rexample_count\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x0c\x65xampleCount\x12#\n\nfirst_line\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03R\tfirstLine\"u\n\x11UploadFileRequest\x12=\n\x08metadata\x18\x01 \x01(\x0b\x32\x1f.tunewire.v1.UploadFileMetadataH\x00R\x08metadata\x12\x16\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00R\x05\x63hunkB\t\n\x07payload\"q\n\x12UploadFileMetadata\x12 \n\x08\x66ilename\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x08\x66ilename\x12\x39\n\x07purpose\x18\x02 \x01(\x0e\x32\x19.tunewire.v1.File.PurposeB\x04\xe2\x41\x01\x02R\x07purpose\"/\n\x0eGetFileRequest\x12\x1d\n\x07\x66ile_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x06\x66ileId\"\xd7\x01\n\x10ListFilesRequest\x12!\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\x12#\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\tpageToken\x12\x39\n\x07purpose\x18\x03 \x01(\x0e\x32\x19.tunewire.v1.File.PurposeB\x04\xe2\x41\x01\x01R\x07purpose\x12\x1f\n\x08order_by\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01R\x07orderBy\x12\x1f\n\x08\x61\x66ter_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01R\x07\x61\x66terId\"d\n\x11ListFilesResponse\x12\'\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x11.tunewire.v1.FileR\x05\x66iles\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"2\n\x11\x44\x65leteFileRequest\x12\x1d\n\x07\x66ile_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x06\x66ileId\"4\n\x13\x44ownloadFileRequest\x12\x1d\n\x07\x66ile_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x06\x66ileId\"@\n\x14\x44ownloadFileResponse\x12(\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.ChunkR\x05\x63hunk2\xfd\x03\n\x0b\x46ileService\x12W\n\nUploadFile\x12\x1e.tunewire.v1.UploadFileRequest\x1a\x11.tunewire.v1.File\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/v1/files:\x01*(\x01\x12V\n\x07GetFile\x12\x1b.tunewire.v1.GetFileRequest\x1a\x11.tunewire.v1.File\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/files/{file_id}\x12]\n\tListFiles\x12\x1d.tunewire.v1.ListFilesRequest\x1a\x1e.tunewire.v1.ListFilesResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/files\x12\x61\n\nDeleteFile\x12\x1e.tunewire.v1.DeleteFileRequest\x1a\x16.google.protobuf.Empty\"\x1b\x82\xd3\xe4\x93\x02\x15*\x13/v1/files/{file_id}\x12{\n\x0c\x44ownloadFile\x12 .tunewire.v1.DownloadFileRequest\x1a!.tunewire.v1.DownloadFileResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/files/{file_id}:download0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -60,6 +60,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VALIDATIONREPORT_PROBLEM'].fields_by_name['code']._serialized_options = b'\342A\001\003'
   _globals['_VALIDATIONREPORT_PROBLEM'].fields_by_name['message']._loaded_options = None
   _globals['_VALIDATIONREPORT_PROBLEM'].fields_by_name['message']._serialized_options = b'\342A\001\003'
+  _globals['_VALIDATIONREPORT_LABEL'].fields_by_name['label']._loaded_options = None
+  _globals['_VALIDATIONREPORT_LABEL'].fields_by_name['label']._serialized_options = b'\342A\001\003'
+  _globals['_VALIDATIONREPORT_LABEL'].fields_by_name['example_count']._loaded_options = None
+  _globals['_VALIDATIONREPORT_LABEL'].fields_by_name['example_count']._serialized_options = b'\342A\001\003'
+  _globals['_VALIDATIONREPORT_LABEL'].fields_by_name['first_line']._loaded_options = None
+  _globals['_VALIDATIONREPORT_LABEL'].fields_by_name['first_line']._serialized_options = b'\342A\001\003'
   _globals['_VALIDATIONREPORT'].fields_by_name['format']._loaded_options = None
   _globals['_VALIDATIONREPORT'].fields_by_name['format']._serialized_options = b'\342A\001\003'
   _globals['_VALIDATIONREPORT'].fields_by_name['example_count']._loaded_options = None
@@ -72,6 +78,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VALIDATIONREPORT'].fields_by_name['problems']._serialized_options = b'\342A\001\003'
   _globals['_VALIDATIONREPORT'].fields_by_name['problem_count']._loaded_options = None
   _globals['_VALIDATIONREPORT'].fields_by_name['problem_count']._serialized_options = b'\342A\001\003'
+  _globals['_VALIDATIONREPORT'].fields_by_name['labels']._loaded_options = None
+  _globals['_VALIDATIONREPORT'].fields_by_name['labels']._serialized_options = b'\342A\001\003'
   _globals['_UPLOADFILEMETADATA'].fields_by_name['filename']._loaded_options = None
   _globals['_UPLOADFILEMETADATA'].fields_by_name['filename']._serialized_options = b'\342A\001\002'
   _globals['_UPLOADFILEMETADATA'].fields_by_name['purpose']._loaded_options = None
@@ -84,6 +92,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTFILESREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
   _globals['_LISTFILESREQUEST'].fields_by_name['purpose']._loaded_options = None
   _globals['_LISTFILESREQUEST'].fields_by_name['purpose']._serialized_options = b'\342A\001\001'
+  _globals['_LISTFILESREQUEST'].fields_by_name['order_by']._loaded_options = None
+  _globals['_LISTFILESREQUEST'].fields_by_name['order_by']._serialized_options = b'\342A\001\001'
+  _globals['_LISTFILESREQUEST'].fields_by_name['after_id']._loaded_options = None
+  _globals['_LISTFILESREQUEST'].fields_by_name['after_id']._serialized_options = b'\342A\001\001'
   _globals['_DELETEFILEREQUEST'].fields_by_name['file_id']._loaded_options = None
   _globals['_DELETEFILEREQUEST'].fields_by_name['file_id']._serialized_options = b'\342A\001\002'
   _globals['_DOWNLOADFILEREQUEST'].fields_by_name['file_id']._loaded_options = None
@@ -105,25 +117,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FILE_STATE']._serialized_start=675
   _globals['_FILE_STATE']._serialized_end=763
   _globals['_VALIDATIONREPORT']._serialized_start=766
-  _globals['_VALIDATIONREPORT']._serialized_end=1176
-  _globals['_VALIDATIONREPORT_PROBLEM']._serialized_start=1057
-  _globals['_VALIDATIONREPORT_PROBLEM']._serialized_end=1176
-  _globals['_UPLOADFILEREQUEST']._serialized_start=1178
-  _globals['_UPLOADFILEREQUEST']._serialized_end=1295
-  _globals['_UPLOADFILEMETADATA']._serialized_start=1297
-  _globals['_UPLOADFILEMETADATA']._serialized_end=1410
-  _globals['_GETFILEREQUEST']._serialized_start=1412
-  _globals['_GETFILEREQUEST']._serialized_end=1459
-  _globals['_LISTFILESREQUEST']._serialized_start=1462
-  _globals['_LISTFILESREQUEST']._serialized_end=1611
-  _globals['_LISTFILESRESPONSE']._serialized_start=1613
-  _globals['_LISTFILESRESPONSE']._serialized_end=1713
-  _globals['_DELETEFILEREQUEST']._serialized_start=1715
-  _globals['_DELETEFILEREQUEST']._serialized_end=1765
-  _globals['_DOWNLOADFILEREQUEST']._serialized_start=1767
-  _globals['_DOWNLOADFILEREQUEST']._serialized_end=1819
-  _globals['_DOWNLOADFILERESPONSE']._serialized_start=1821
-  _globals['_DOWNLOADFILERESPONSE']._serialized_end=1885
-  _globals['_FILESERVICE']._serialized_start=1888
-  _globals['_FILESERVICE']._serialized_end=2397
+  _globals['_VALIDATIONREPORT']._serialized_end=1360
+  _globals['_VALIDATIONREPORT_PROBLEM']._serialized_start=1124
+  _globals['_VALIDATIONREPORT_PROBLEM']._serialized_end=1243
+  _globals['_VALIDATIONREPORT_LABEL']._serialized_start=1245
+  _globals['_VALIDATIONREPORT_LABEL']._serialized_end=1360
+  _globals['_UPLOADFILEREQUEST']._serialized_start=1362
+  _globals['_UPLOADFILEREQUEST']._serialized_end=1479
+  _globals['_UPLOADFILEMETADATA']._serialized_start=1481
+  _globals['_UPLOADFILEMETADATA']._serialized_end=1594
+  _globals['_GETFILEREQUEST']._serialized_start=1596
+  _globals['_GETFILEREQUEST']._serialized_end=1643
+  _globals['_LISTFILESREQUEST']._serialized_start=1646
+  _globals['_LISTFILESREQUEST']._serialized_end=1861
+  _globals['_LISTFILESRESPONSE']._serialized_start=1863
+  _globals['_LISTFILESRESPONSE']._serialized_end=1963
+  _globals['_DELETEFILEREQUEST']._serialized_start=1965
+  _globals['_DELETEFILEREQUEST']._serialized_end=2015
+  _globals['_DOWNLOADFILEREQUEST']._serialized_start=2017
+  _globals['_DOWNLOADFILEREQUEST']._serialized_end=2069
+  _globals['_DOWNLOADFILERESPONSE']._serialized_start=2071
+  _globals['_DOWNLOADFILERESPONSE']._serialized_end=2135
+  _globals['_FILESERVICE']._serialized_start=2138
+  _globals['_FILESERVICE']._serialized_end=2647
 # @@protoc_insertion_point(module_scope)

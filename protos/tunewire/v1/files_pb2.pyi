@@ -55,7 +55,7 @@ class File(_message.Message):
     def __init__(self, id: _Optional[str] = ..., filename: _Optional[str] = ..., purpose: _Optional[_Union[File.Purpose, str]] = ..., bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., state: _Optional[_Union[File.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validation: _Optional[_Union[ValidationReport, _Mapping]] = ...) -> None: ...
 
 class ValidationReport(_message.Message):
-    __slots__ = ("format", "example_count", "line_count", "token_estimate", "problems", "problem_count")
+    __slots__ = ("format", "example_count", "line_count", "token_estimate", "problems", "problem_count", "labels")
     class Problem(_message.Message):
         __slots__ = ("line", "path", "code", "message")
         LINE_FIELD_NUMBER: _ClassVar[int]
@@ -67,19 +67,30 @@ class ValidationReport(_message.Message):
         code: str
         message: str
         def __init__(self, line: _Optional[int] = ..., path: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    class Label(_message.Message):
+        __slots__ = ("label", "example_count", "first_line")
+        LABEL_FIELD_NUMBER: _ClassVar[int]
+        EXAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
+        FIRST_LINE_FIELD_NUMBER: _ClassVar[int]
+        label: str
+        example_count: int
+        first_line: int
+        def __init__(self, label: _Optional[str] = ..., example_count: _Optional[int] = ..., first_line: _Optional[int] = ...) -> None: ...
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     EXAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     LINE_COUNT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     format: str
     example_count: int
     line_count: int
     token_estimate: int
     problems: _containers.RepeatedCompositeFieldContainer[ValidationReport.Problem]
     problem_count: int
-    def __init__(self, format: _Optional[str] = ..., example_count: _Optional[int] = ..., line_count: _Optional[int] = ..., token_estimate: _Optional[int] = ..., problems: _Optional[_Iterable[_Union[ValidationReport.Problem, _Mapping]]] = ..., problem_count: _Optional[int] = ...) -> None: ...
+    labels: _containers.RepeatedCompositeFieldContainer[ValidationReport.Label]
+    def __init__(self, format: _Optional[str] = ..., example_count: _Optional[int] = ..., line_count: _Optional[int] = ..., token_estimate: _Optional[int] = ..., problems: _Optional[_Iterable[_Union[ValidationReport.Problem, _Mapping]]] = ..., problem_count: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[ValidationReport.Label, _Mapping]]] = ...) -> None: ...
 
 class UploadFileRequest(_message.Message):
     __slots__ = ("metadata", "chunk")
@@ -104,14 +115,18 @@ class GetFileRequest(_message.Message):
     def __init__(self, file_id: _Optional[str] = ...) -> None: ...
 
 class ListFilesRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "purpose")
+    __slots__ = ("page_size", "page_token", "purpose", "order_by", "after_id")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    ORDER_BY_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     purpose: File.Purpose
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., purpose: _Optional[_Union[File.Purpose, str]] = ...) -> None: ...
+    order_by: str
+    after_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., purpose: _Optional[_Union[File.Purpose, str]] = ..., order_by: _Optional[str] = ..., after_id: _Optional[str] = ...) -> None: ...
 
 class ListFilesResponse(_message.Message):
     __slots__ = ("files", "next_page_token")

@@ -29,7 +29,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tunewire.v1 import common_pb2 as tunewire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tunewire/v1/models.proto\x12\x0btunewire.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18tunewire/v1/common.proto\"\xa2\x02\n\tBaseModel\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x35\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.tunewire.v1.BaseModel.KindB\x04\xe2\x41\x01\x03R\x04kind\x12(\n\x0c\x61rchitecture\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03R\x0c\x61rchitecture\x12-\n\x0fparameter_count\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x0eparameterCount\x12+\n\x0e\x63ontext_length\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03R\rcontextLength\"B\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eKIND_CAUSAL_LM\x10\x01\x12\x10\n\x0cKIND_ENCODER\x10\x02\"\xab\x03\n\x0e\x46ineTunedModel\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12#\n\nbase_model\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\tbaseModel\x12\x1b\n\x06job_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03R\x05jobId\x12)\n\rcheckpoint_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03R\x0c\x63heckpointId\x12=\n\x05state\x18\x05 \x01(\x0e\x32!.tunewire.v1.FineTunedModel.StateB\x04\xe2\x41\x01\x03R\x05state\x12(\n\x0corganization\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03R\x0corganization\x12\x41\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x39\n\tartifacts\x18\x08 \x03(\x0b\x32\x15.tunewire.v1.ArtifactB\x04\xe2\x41\x01\x03R\tartifacts\"/\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTATE_READY\x10\x01\"G\n\x0b\x43hatMessage\x12\x18\n\x04role\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x04role\x12\x1e\n\x07\x63ontent\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x07\x63ontent\"e\n\x05Usage\x12)\n\rprompt_tokens\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x0cpromptTokens\x12\x31\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x10\x63ompletionTokens\"\x17\n\x15ListBaseModelsRequest\"Q\n\x16ListBaseModelsResponse\x12\x37\n\x0b\x62\x61se_models\x18\x01 \x03(\x0b\x32\x16.tunewire.v1.BaseModelR\nbaseModels\"2\n\x0fGetModelRequest\x12\x1f\n\x08model_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x07modelId\"[\n\x11ListModelsRequest\x12!\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\x12#\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\tpageToken\"q\n\x12ListModelsResponse\x12\x33\n\x06models\x18\x01 \x03(\x0b\x32\x1b.tunewire.v1.FineTunedModelR\x06models\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"5\n\x12\x44\x65leteModelRequest\x12\x1f\n\x08model_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x07modelId\"\x91\x03\n\x0fGenerateRequest\x12\x1f\n\x08model_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x07modelId\x12:\n\x08messages\x18\x02 \x03(\x0b\x32\x18.tunewire.v1.ChatMessageB\x04\xe2\x41\x01\x01R\x08messages\x12\x1c\n\x06prompt\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\x06prompt\x12(\n\nmax_tokens\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00R\tmaxTokens\x88\x01\x01\x12+\n\x0btemperature\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x01R\x0btemperature\x88\x01\x01\x12\x1e\n\x05top_p\x18\x06 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x02R\x04topP\x88\x01\x01\x12\x18\n\x04stop\x18\x07 \x03(\tB\x04\xe2\x41\x01\x01R\x04stop\x12\x1d\n\x04seed\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x03R\x04seed\x88\x01\x01\x12!\n\texport_id\x18\t \x01(\tB\x04\xe2\x41\x01\x01R\x08\x65xportIdB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\x87\x01\n\x10GenerateResponse\x12\x18\n\x04text\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x04text\x12)\n\rfinish_reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\x0c\x66inishReason\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x12.tunewire.v1.UsageB\x04\xe2\x41\x01\x03R\x05usage2\xa8\x04\n\x0cModelService\x12r\n\x0eListBaseModels\x12\".tunewire.v1.ListBaseModelsRequest\x1a#.tunewire.v1.ListBaseModelsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/base-models\x12\x64\n\x08GetModel\x12\x1c.tunewire.v1.GetModelRequest\x1a\x1b.tunewire.v1.FineTunedModel\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/models/{model_id}\x12\x61\n\nListModels\x12\x1e.tunewire.v1.ListModelsRequest\x1a\x1f.tunewire.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12\x65\n\x0b\x44\x65leteModel\x12\x1f.tunewire.v1.DeleteModelRequest\x1a\x16.google.protobuf.Empty\"\x1d\x82\xd3\xe4\x93\x02\x17*\x15/v1/models/{model_id}\x12t\n\x08Generate\x12\x1c.tunewire.v1.GenerateRequest\x1a\x1d.tunewire.v1.GenerateResponse\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/models/{model_id}:generate:\x01*0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tunewire/v1/models.proto\x12\x0btunewire.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18tunewire/v1/common.proto\"\xa2\x02\n\tBaseModel\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x35\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.tunewire.v1.BaseModel.KindB\x04\xe2\x41\x01\x03R\x04kind\x12(\n\x0c\x61rchitecture\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03R\x0c\x61rchitecture\x12-\n\x0fparameter_count\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x0eparameterCount\x12+\n\x0e\x63ontext_length\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03R\rcontextLength\"B\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eKIND_CAUSAL_LM\x10\x01\x12\x10\n\x0cKIND_ENCODER\x10\x02\"\xab\x03\n\x0e\x46ineTunedModel\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12#\n\nbase_model\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\tbaseModel\x12\x1b\n\x06job_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03R\x05jobId\x12)\n\rcheckpoint_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03R\x0c\x63heckpointId\x12=\n\x05state\x18\x05 \x01(\x0e\x32!.tunewire.v1.FineTunedModel.StateB\x04\xe2\x41\x01\x03R\x05state\x12(\n\x0corganization\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03R\x0corganization\x12\x41\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x39\n\tartifacts\x18\x08 \x03(\x0b\x32\x15.tunewire.v1.ArtifactB\x04\xe2\x41\x01\x03R\tartifacts\"/\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTATE_READY\x10\x01\"G\n\x0b\x43hatMessage\x12\x18\n\x04role\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x04role\x12\x1e\n\x07\x63ontent\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x07\x63ontent\"e\n\x05Usage\x12)\n\rprompt_tokens\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x0cpromptTokens\x12\x31\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x10\x63ompletionTokens\"\x17\n\x15ListBaseModelsRequest\"Q\n\x16ListBaseModelsResponse\x12\x37\n\x0b\x62\x61se_models\x18\x01 \x03(\x0b\x32\x16.tunewire.v1.BaseModelR\nbaseModels\"2\n\x0fGetModelRequest\x12\x1f\n\x08model_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x07modelId\"\x9d\x01\n\x11ListModelsRequest\x12!\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\x12#\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\tpageToken\x12\x1f\n\x08order_by\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\x07orderBy\x12\x1f\n\x08\x61\x66ter_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01R\x07\x61\x66terId\"q\n\x12ListModelsResponse\x12\x33\n\x06models\x18\x01 \x03(\x0b\x32\x1b.tunewire.v1.FineTunedModelR\x06models\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"5\n\x12\x44\x65leteModelRequest\x12\x1f\n\x08model_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x07modelId\"\x91\x03\n\x0fGenerateRequest\x12\x1f\n\x08model_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x07modelId\x12:\n\x08messages\x18\x02 \x03(\x0b\x32\x18.tunewire.v1.ChatMessageB\x04\xe2\x41\x01\x01R\x08messages\x12\x1c\n\x06prompt\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\x06prompt\x12(\n\nmax_tokens\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00R\tmaxTokens\x88\x01\x01\x12+\n\x0btemperature\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x01R\x0btemperature\x88\x01\x01\x12\x1e\n\x05top_p\x18\x06 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x02R\x04topP\x88\x01\x01\x12\x18\n\x04stop\x18\x07 \x03(\tB\x04\xe2\x41\x01\x01R\x04stop\x12\x1d\n\x04seed\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x03R\x04seed\x88\x01\x01\x12!\n\texport_id\x18\t \x01(\tB\x04\xe2\x41\x01\x01R\x08\x65xportIdB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"P\n\x0f\x43lassifyRequest\x12\x1f\n\x08model_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x07modelId\x12\x1c\n\x06inputs\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02R\x06inputs\"_\n\x10\x43lassifyResponse\x12K\n\x0f\x63lassifications\x18\x01 \x03(\x0b\x32\x1b.tunewire.v1.ClassificationB\x04\xe2\x41\x01\x03R\x0f\x63lassifications\"\x9b\x02\n\x0e\x43lassification\x12\x1a\n\x05input\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x05input\x12&\n\x0bpredictions\x18\x02 \x03(\tB\x04\xe2\x41\x01\x03R\x0bpredictions\x12I\n\x06labels\x18\x03 \x03(\x0b\x32+.tunewire.v1.Classification.LabelConfidenceB\x04\xe2\x41\x01\x03R\x06labels\x12%\n\x0bmulti_label\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x03R\nmultiLabel\x1aS\n\x0fLabelConfidence\x12\x1a\n\x05label\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x05label\x12$\n\nconfidence\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x03R\nconfidence\"\x87\x01\n\x10GenerateResponse\x12\x18\n\x04text\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x04text\x12)\n\rfinish_reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\x0c\x66inishReason\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x12.tunewire.v1.UsageB\x04\xe2\x41\x01\x03R\x05usage2\x9c\x05\n\x0cModelService\x12r\n\x0eListBaseModels\x12\".tunewire.v1.ListBaseModelsRequest\x1a#.tunewire.v1.ListBaseModelsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/base-models\x12\x64\n\x08GetModel\x12\x1c.tunewire.v1.GetModelRequest\x1a\x1b.tunewire.v1.FineTunedModel\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/models/{model_id}\x12\x61\n\nListModels\x12\x1e.tunewire.v1.ListModelsRequest\x1a\x1f.tunewire.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12\x65\n\x0b\x44\x65leteModel\x12\x1f.tunewire.v1.DeleteModelRequest\x1a\x16.google.protobuf.Empty\"\x1d\x82\xd3\xe4\x93\x02\x17*\x15/v1/models/{model_id}\x12t\n\x08Generate\x12\x1c.tunewire.v1.GenerateRequest\x1a\x1d.tunewire.v1.GenerateResponse\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/models/{model_id}:generate:\x01*0\x01\x12r\n\x08\x43lassify\x12\x1c.tunewire.v1.ClassifyRequest\x1a\x1d.tunewire.v1.ClassifyResponse\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/models/{model_id}:classify:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -76,6 +76,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
   _globals['_LISTMODELSREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTMODELSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTMODELSREQUEST'].fields_by_name['order_by']._loaded_options = None
+  _globals['_LISTMODELSREQUEST'].fields_by_name['order_by']._serialized_options = b'\342A\001\001'
+  _globals['_LISTMODELSREQUEST'].fields_by_name['after_id']._loaded_options = None
+  _globals['_LISTMODELSREQUEST'].fields_by_name['after_id']._serialized_options = b'\342A\001\001'
   _globals['_DELETEMODELREQUEST'].fields_by_name['model_id']._loaded_options = None
   _globals['_DELETEMODELREQUEST'].fields_by_name['model_id']._serialized_options = b'\342A\001\002'
   _globals['_GENERATEREQUEST'].fields_by_name['model_id']._loaded_options = None
@@ -96,6 +100,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST'].fields_by_name['seed']._serialized_options = b'\342A\001\001'
   _globals['_GENERATEREQUEST'].fields_by_name['export_id']._loaded_options = None
   _globals['_GENERATEREQUEST'].fields_by_name['export_id']._serialized_options = b'\342A\001\001'
+  _globals['_CLASSIFYREQUEST'].fields_by_name['model_id']._loaded_options = None
+  _globals['_CLASSIFYREQUEST'].fields_by_name['model_id']._serialized_options = b'\342A\001\002'
+  _globals['_CLASSIFYREQUEST'].fields_by_name['inputs']._loaded_options = None
+  _globals['_CLASSIFYREQUEST'].fields_by_name['inputs']._serialized_options = b'\342A\001\002'
+  _globals['_CLASSIFYRESPONSE'].fields_by_name['classifications']._loaded_options = None
+  _globals['_CLASSIFYRESPONSE'].fields_by_name['classifications']._serialized_options = b'\342A\001\003'
+  _globals['_CLASSIFICATION_LABELCONFIDENCE'].fields_by_name['label']._loaded_options = None
+  _globals['_CLASSIFICATION_LABELCONFIDENCE'].fields_by_name['label']._serialized_options = b'\342A\001\003'
+  _globals['_CLASSIFICATION_LABELCONFIDENCE'].fields_by_name['confidence']._loaded_options = None
+  _globals['_CLASSIFICATION_LABELCONFIDENCE'].fields_by_name['confidence']._serialized_options = b'\342A\001\003'
+  _globals['_CLASSIFICATION'].fields_by_name['input']._loaded_options = None
+  _globals['_CLASSIFICATION'].fields_by_name['input']._serialized_options = b'\342A\001\003'
+  _globals['_CLASSIFICATION'].fields_by_name['predictions']._loaded_options = None
+  _globals['_CLASSIFICATION'].fields_by_name['predictions']._serialized_options = b'\342A\001\003'
+  _globals['_CLASSIFICATION'].fields_by_name['labels']._loaded_options = None
+  _globals['_CLASSIFICATION'].fields_by_name['labels']._serialized_options = b'\342A\001\003'
+  _globals['_CLASSIFICATION'].fields_by_name['multi_label']._loaded_options = None
+  _globals['_CLASSIFICATION'].fields_by_name['multi_label']._serialized_options = b'\342A\001\003'
   _globals['_GENERATERESPONSE'].fields_by_name['text']._loaded_options = None
   _globals['_GENERATERESPONSE'].fields_by_name['text']._serialized_options = b'\342A\001\003'
   _globals['_GENERATERESPONSE'].fields_by_name['finish_reason']._loaded_options = None
@@ -112,6 +134,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELSERVICE'].methods_by_name['DeleteModel']._serialized_options = b'\202\323\344\223\002\027*\025/v1/models/{model_id}'
   _globals['_MODELSERVICE'].methods_by_name['Generate']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['Generate']._serialized_options = b'\202\323\344\223\002#\"\036/v1/models/{model_id}:generate:\001*'
+  _globals['_MODELSERVICE'].methods_by_name['Classify']._loaded_options = None
+  _globals['_MODELSERVICE'].methods_by_name['Classify']._serialized_options = b'\202\323\344\223\002#\"\036/v1/models/{model_id}:classify:\001*'
   _globals['_BASEMODEL']._serialized_start=193
   _globals['_BASEMODEL']._serialized_end=483
   _globals['_BASEMODEL_KIND']._serialized_start=417
@@ -130,16 +154,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTBASEMODELSRESPONSE']._serialized_end=1197
   _globals['_GETMODELREQUEST']._serialized_start=1199
   _globals['_GETMODELREQUEST']._serialized_end=1249
-  _globals['_LISTMODELSREQUEST']._serialized_start=1251
-  _globals['_LISTMODELSREQUEST']._serialized_end=1342
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1344
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1457
-  _globals['_DELETEMODELREQUEST']._serialized_start=1459
-  _globals['_DELETEMODELREQUEST']._serialized_end=1512
-  _globals['_GENERATEREQUEST']._serialized_start=1515
-  _globals['_GENERATEREQUEST']._serialized_end=1916
-  _globals['_GENERATERESPONSE']._serialized_start=1919
-  _globals['_GENERATERESPONSE']._serialized_end=2054
-  _globals['_MODELSERVICE']._serialized_start=2057
-  _globals['_MODELSERVICE']._serialized_end=2609
+  _globals['_LISTMODELSREQUEST']._serialized_start=1252
+  _globals['_LISTMODELSREQUEST']._serialized_end=1409
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1411
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1524
+  _globals['_DELETEMODELREQUEST']._serialized_start=1526
+  _globals['_DELETEMODELREQUEST']._serialized_end=1579
+  _globals['_GENERATEREQUEST']._serialized_start=1582
+  _globals['_GENERATEREQUEST']._serialized_end=1983
+  _globals['_CLASSIFYREQUEST']._serialized_start=1985
+  _globals['_CLASSIFYREQUEST']._serialized_end=2065
+  _globals['_CLASSIFYRESPONSE']._serialized_start=2067
+  _globals['_CLASSIFYRESPONSE']._serialized_end=2162
+  _globals['_CLASSIFICATION']._serialized_start=2165
+  _globals['_CLASSIFICATION']._serialized_end=2448
+  _globals['_CLASSIFICATION_LABELCONFIDENCE']._serialized_start=2365
+  _globals['_CLASSIFICATION_LABELCONFIDENCE']._serialized_end=2448
+  _globals['_GENERATERESPONSE']._serialized_start=2451
+  _globals['_GENERATERESPONSE']._serialized_end=2586
+  _globals['_MODELSERVICE']._serialized_start=2589
+  _globals['_MODELSERVICE']._serialized_end=3257
 # @@protoc_insertion_point(module_scope)

@@ -61,6 +61,11 @@ class ModelServiceStub:
                 request_serializer=tunewire_dot_v1_dot_models__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=tunewire_dot_v1_dot_models__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/tunewire.v1.ModelService/Classify',
+                request_serializer=tunewire_dot_v1_dot_models__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=tunewire_dot_v1_dot_models__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -102,6 +107,13 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Classify(self, request, context):
+        """Classifies texts with a classification fine-tune (or one of its checkpoints).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +141,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=tunewire_dot_v1_dot_models__pb2.GenerateRequest.FromString,
                     response_serializer=tunewire_dot_v1_dot_models__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=tunewire_dot_v1_dot_models__pb2.ClassifyRequest.FromString,
+                    response_serializer=tunewire_dot_v1_dot_models__pb2.ClassifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +284,33 @@ class ModelService:
             '/tunewire.v1.ModelService/Generate',
             tunewire_dot_v1_dot_models__pb2.GenerateRequest.SerializeToString,
             tunewire_dot_v1_dot_models__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunewire.v1.ModelService/Classify',
+            tunewire_dot_v1_dot_models__pb2.ClassifyRequest.SerializeToString,
+            tunewire_dot_v1_dot_models__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

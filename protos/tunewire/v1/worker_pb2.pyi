@@ -272,6 +272,16 @@ class InferenceServiceGenerateRequest(_message.Message):
     request: _models_pb2.GenerateRequest
     def __init__(self, base_model: _Optional[str] = ..., adapter: _Optional[str] = ..., onnx_export: _Optional[str] = ..., request: _Optional[_Union[_models_pb2.GenerateRequest, _Mapping]] = ...) -> None: ...
 
+class InferenceServiceClassifyRequest(_message.Message):
+    __slots__ = ("base_model", "adapter", "request")
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    base_model: str
+    adapter: str
+    request: _models_pb2.ClassifyRequest
+    def __init__(self, base_model: _Optional[str] = ..., adapter: _Optional[str] = ..., request: _Optional[_Union[_models_pb2.ClassifyRequest, _Mapping]] = ...) -> None: ...
+
 class UnloadAdapterRequest(_message.Message):
     __slots__ = ("adapter",)
     ADAPTER_FIELD_NUMBER: _ClassVar[int]

@@ -419,6 +419,11 @@ class InferenceServiceStub:
                 request_serializer=tunewire_dot_v1_dot_worker__pb2.UnloadAdapterRequest.SerializeToString,
                 response_deserializer=tunewire_dot_v1_dot_worker__pb2.UnloadAdapterResponse.FromString,
                 _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/tunewire.v1.InferenceService/Classify',
+                request_serializer=tunewire_dot_v1_dot_worker__pb2.InferenceServiceClassifyRequest.SerializeToString,
+                response_deserializer=tunewire_dot_v1_dot_models__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -441,6 +446,13 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Classify(self, request, context):
+        """Classifies texts with a classifier's adapter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -453,6 +465,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.UnloadAdapter,
                     request_deserializer=tunewire_dot_v1_dot_worker__pb2.UnloadAdapterRequest.FromString,
                     response_serializer=tunewire_dot_v1_dot_worker__pb2.UnloadAdapterResponse.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=tunewire_dot_v1_dot_worker__pb2.InferenceServiceClassifyRequest.FromString,
+                    response_serializer=tunewire_dot_v1_dot_models__pb2.ClassifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -512,6 +529,33 @@ class InferenceService:
             '/tunewire.v1.InferenceService/UnloadAdapter',
             tunewire_dot_v1_dot_worker__pb2.UnloadAdapterRequest.SerializeToString,
             tunewire_dot_v1_dot_worker__pb2.UnloadAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunewire.v1.InferenceService/Classify',
+            tunewire_dot_v1_dot_worker__pb2.InferenceServiceClassifyRequest.SerializeToString,
+            tunewire_dot_v1_dot_models__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
