@@ -8,10 +8,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BUF := $(VENV)/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
+# Debian's Chromium: the dashboard's browser tests drive it with Playwright (whose own
+# browser downloads come from a CDN that CI cannot reach).
+CHROMIUM := /usr/bin/chromium
 TUNEWIRE_HOME ?= .tunewire
 export TUNEWIRE_HOME
 
-.PHONY: help run test test-slow lint proto bench bench-quick demo clean
+.PHONY: help run test test-slow lint proto bench bench-quick demo clean chromium
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -29,11 +32,18 @@ $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix $(VENV) @bufbuild/buf@$(BUF_VERSION)
 
+$(CHROMIUM):
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo -E) \
+	  apt-get install -y -qq chromium
+
+chromium: $(CHROMIUM) ## install Debian's chromium for the dashboard's browser tests (root or sudo)
+
 run: $(VENV)/.installed ## serve gRPC (:50051) and REST (:8080), creating tiny-llama if missing
 	$(VENV)/bin/tunewire models init-tiny --if-missing
 	$(VENV)/bin/tunewire up
 
-test: lint ## lint, then the test suite (fast, CPU)
+test: lint $(CHROMIUM) ## lint, then the test suite (fast, CPU)
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(VENV)/.installed ## the larger runs of the slow suites
