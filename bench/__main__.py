@@ -45,6 +45,7 @@ BENCHMARKS = [
     "latency",
     "fanout",
     "store",
+    "listing",
     "uploads",
     "validation",
     "bridge",
@@ -63,6 +64,7 @@ SLOWEST_FIRST = [
     "bridge",
     "fanout",
     "uploads",
+    "listing",
     "store",
     "validation",
 ]

@@ -16,6 +16,7 @@ from bridge.errors import ApiError, Code
 from tunewire.v1 import (
     auth_pb2_grpc,
     files_pb2_grpc,
+    graders_pb2_grpc,
     jobs_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
@@ -38,12 +39,14 @@ class Backend:
     files: files_pb2_grpc.FileServiceStub = field(init=False)
     jobs: jobs_pb2_grpc.JobServiceStub = field(init=False)
     models: models_pb2_grpc.ModelServiceStub = field(init=False)
+    graders: graders_pb2_grpc.GraderServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.files = files_pb2_grpc.FileServiceStub(self.channel)
         self.jobs = jobs_pb2_grpc.JobServiceStub(self.channel)
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)
+        self.graders = graders_pb2_grpc.GraderServiceStub(self.channel)
 
     @classmethod
     def connect(cls, address: str) -> Backend:
@@ -86,6 +89,27 @@ async def collect(items: AsyncIterable[T]) -> list[T]:
 async def each(items: Iterable[T]) -> AsyncIterator[T]:
     for item in items:
         yield item
+
+
+async def cursor_page(
+    call: Callable[..., Awaitable[Any]],
+    request: Message,
+    items: str,
+    auth: Metadata,
+    limit: int,
+) -> tuple[list[Any], bool]:
+    """OpenAI's cursor paging from the control plane's own: the first `limit` items of
+    the list `request` asks for (its `after_id` and `order_by` set: a seek, not a scan),
+    in server pages of up to 1000; and whether more follow."""
+    got: list[Any] = []
+    while True:
+        request.page_size = min(limit - len(got), MAX_PAGE_SIZE)  # type: ignore[attr-defined]
+        page = await call(request, metadata=auth)
+        got.extend(getattr(page, items))
+        if not page.next_page_token or len(got) >= limit:
+            return got, bool(page.next_page_token)
+        request.page_token = page.next_page_token  # type: ignore[attr-defined]
+        request.after_id = ""  # type: ignore[attr-defined]  # the token holds the position
 
 
 async def after_cursor(

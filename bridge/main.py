@@ -14,8 +14,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from bridge import dashboard
 from bridge.backend import Backend
-from bridge.routes import cohere, helix, native, openai, truefoundry
+from bridge.routes import cohere, helix, native, openai, truefoundry, webhooks
 from bridge.settings import BridgeSettings
 
 GRACE_SECONDS = 5
@@ -28,6 +29,7 @@ Tunewire's REST bridge. The native API is under `/tunewire` (the gRPC API as
 JSON, transcoded from its `google.api.http` annotations); OpenAI's API is at
 `/v1`, Cohere's at `/cohere/v1`, Helix's at `/api/v1` and TrueFoundry's jobs at
 `/api/llm`. Every call takes `Authorization: Bearer <api key>`.
+The web dashboard is at `/ui/`.
 """
 
 
@@ -45,8 +47,9 @@ def create_app(grpc_address: str, settings: BridgeSettings | None = None) -> Fas
 
     app = FastAPI(title="Tunewire", version="v1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
-    for surface in (native, openai, cohere, helix, truefoundry):
+    for surface in (native, openai, webhooks, cohere, helix, truefoundry):
         app.include_router(surface.router)
+    dashboard.mount(app)  # the web dashboard at /ui/, a client of the native routes
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -15,9 +15,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server import auth
+from server import auth, secrets, webhooks
 from server.config import Settings
 from server.control_plane import ControlPlane
+from server.graders import GraderServicer
 from server.rpc import RejectMalformedRequests
 from server.scheduler import Scheduler
 from server.services.auth import AuthServicer
@@ -25,6 +26,7 @@ from server.services.exports import ExportServicer
 from server.services.files import FileServicer
 from server.services.jobs import JobServicer
 from server.services.models import ModelServicer
+from server.services.webhooks import WebhookServicer
 from server.services.worker import WorkerServicer
 from server.store.home import make_private
 from tunewire.v1 import (
@@ -34,10 +36,14 @@ from tunewire.v1 import (
     exports_pb2_grpc,
     files_pb2,
     files_pb2_grpc,
+    graders_pb2,
+    graders_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
     worker_pb2_grpc,
 )
 
@@ -56,6 +62,18 @@ SERVICES = [
         "ExportService",
         exports_pb2_grpc.add_ExportServiceServicer_to_server,
         ExportServicer,
+    ),
+    (
+        graders_pb2,
+        "GraderService",
+        graders_pb2_grpc.add_GraderServiceServicer_to_server,
+        GraderServicer,
+    ),
+    (
+        webhooks_pb2,
+        "WebhookService",
+        webhooks_pb2_grpc.add_WebhookServiceServicer_to_server,
+        WebhookServicer,
     ),
 ]
 
@@ -131,6 +149,9 @@ async def serve(settings: Settings, companions: Sequence[Companion] = ()) -> Non
             stop.set()
 
     scheduling.add_done_callback(scheduler_ended)
+    # Webhooks from the outbox, on this loop; deliveries due before a restart go now.
+    sender = webhooks.Sender(plane.db, settings, secrets.box(settings.secret_key_path))
+    sending = asyncio.create_task(sender.run())
     beside = [asyncio.create_task(companion(f"{local}:{port}")) for companion in companions]
 
     await stop.wait()
@@ -148,6 +169,10 @@ async def serve(settings: Settings, companions: Sequence[Companion] = ()) -> Non
         with contextlib.suppress(asyncio.CancelledError):
             await task
     scheduling.cancel()
+    sending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sending
+    await sender.close()
     # Trainers are stopped, not drained: their jobs resume from their last
     # checkpoint when the control plane starts again.
     await scheduler.shutdown()

@@ -68,6 +68,20 @@ class Settings(BaseSettings):
     worker_token: str = ""
     """The secret workers present to the control plane (and it to inference workers); a
     new random one each start unless set (set it for workers started elsewhere)."""
+    webhook_allow_private: bool = False
+    """Deliver webhooks to private, loopback and link-local addresses too (closed networks,
+    tests); an endpoint whose host resolves to one is refused otherwise, at creation and at
+    every delivery."""
+    webhook_backoff_seconds: float = 5.0
+    """The wait before a failed webhook delivery's first retry; it doubles each retry."""
+    webhook_backoff_cap_seconds: float = 3600.0
+    """The longest wait between two retries of a webhook delivery."""
+    webhook_retry_window_seconds: float = 72 * 3600.0
+    """How long after its event a webhook delivery is retried before it is marked failed."""
+    webhook_timeout_seconds: float = 10.0
+    """How long one webhook POST may take, connecting included."""
+    webhook_concurrency: int = 8
+    """Webhook POSTs in flight at once."""
 
     @property
     def db_path(self) -> Path:
@@ -84,3 +98,8 @@ class Settings(BaseSettings):
     @property
     def first_key_path(self) -> Path:
         return self.home / "api-key"
+
+    @property
+    def secret_key_path(self) -> Path:
+        """The key that seals stored secrets (webhook secrets, tracking API keys)."""
+        return self.home / "secret.key"

@@ -9,6 +9,7 @@ watchers at append time is safe: they run only after the commit.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import sqlite_utils
 from google.protobuf import struct_pb2
@@ -70,6 +71,8 @@ class EventLog:
             {
                 "parent": parent,
                 "sequence": event.sequence,
+                "id": event.id,
+                "type": event.type,
                 "dedupe_key": dedupe_key,
                 "proto": event.SerializeToString(),
             }
@@ -93,6 +96,45 @@ class EventLog:
         events = [Event.FromString(proto) for (proto,) in rows]
         self._reads[parent] = ((sequence, limit), events)
         return events
+
+    def page(
+        self,
+        parent: str,
+        *,
+        after: int,
+        cursor: int | None,
+        limit: int,
+        desc: bool = False,
+        types: Sequence[int] = (),
+    ) -> list[Event]:
+        """Up to `limit` events of `parent` with a sequence above `after`, in sequence
+        order (`desc`: newest first), starting past `cursor`, of `types` (all when
+        empty). One seek in the (parent, sequence) or (parent, type, sequence) index,
+        however many events the job has."""
+        # One lower bound, not two: SQLite seeks on only one of `sequence > ?` terms and
+        # filters the rest, which would make page k cost k pages.
+        if cursor is not None and not desc:
+            after, cursor = max(after, cursor), None
+        where, params = "parent = ? AND sequence > ?", [parent, after]
+        if cursor is not None:
+            where += " AND sequence < ?"
+            params.append(cursor)
+        if types:
+            where += f" AND type IN ({','.join('?' * len(types))})"
+            params += list(types)
+        rows = self.db.execute(
+            f"SELECT proto FROM events WHERE {where}"
+            f" ORDER BY sequence {'DESC' if desc else 'ASC'} LIMIT ?",
+            [*params, limit],
+        )
+        return [Event.FromString(proto) for (proto,) in rows]
+
+    def sequence_of(self, parent: str, event_id: str) -> int | None:
+        """The sequence of `parent`'s event `event_id`, or None if it has none such."""
+        row = self.db.execute(
+            "SELECT sequence FROM events WHERE id = ? AND parent = ?", [event_id, parent]
+        ).fetchone()
+        return row[0] if row else None
 
     def forget(self, parent: str) -> None:
         """Drop what is kept for `parent` once nobody watches it."""

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Set
 
 import sqlite_utils
 
-from server import classification
+from server import classification, graders, integrations
 from server.errors import InvalidArgument
 from trainer.hyperparameters import TABLE
 from tunewire.v1 import files_pb2, jobs_pb2
@@ -27,6 +27,8 @@ MAX_WORKERS = 8  # data-parallel ranks on one machine
 
 def method_name(method: jobs_pb2.Method) -> str:
     """The method as the hyperparameter table and the trainer name it: supervised, dpo."""
+    if method.type == jobs_pb2.Method.TYPE_REINFORCEMENT:
+        return "reinforcement"
     return "dpo" if method.type == jobs_pb2.Method.TYPE_DPO else "supervised"
 
 
@@ -58,6 +60,8 @@ def check_fits_method(field: str, record: File, method: str) -> list[tuple[str, 
     """A DPO job trains on preference data, and only it does: the file's validation
     report says which format it holds."""
     fmt = record.validation.format
+    if (method == "reinforcement") != (fmt == "reinforcement") and fmt != "preference":
+        return [(field, graders.format_problem(record.id, fmt, method))]
     if method == "dpo" and fmt != "preference":
         return [
             (
@@ -153,6 +157,7 @@ def check_create(
             problems += check_fits_method("job.validation_file", validation, method)
 
     problems += check_hyperparameters(job.hyperparameters, method)
+    problems += graders.check_job(job, method)
     workers = job.compute.workers
     if job.compute.HasField("workers") and not 1 <= workers <= MAX_WORKERS:
         problems.append(("job.compute.workers", f"{workers} is out of range [1, {MAX_WORKERS}]"))
@@ -166,9 +171,7 @@ def check_create(
     problems += check_metadata(job.metadata)
     if len(job.integrations) > 5:
         problems.append(("job.integrations", "at most 5"))
-    for i, integration in enumerate(job.integrations):
-        if integration.type != "wandb":
-            problems.append((f"job.integrations[{i}].type", "must be 'wandb'"))
+    problems += integrations.check(job.integrations)
     if len(request_id) > MAX_REQUEST_ID:
         problems.append(("request_id", f"at most {MAX_REQUEST_ID} characters"))
     problems += classification.check_job(db, org, job, encoders, base_models)

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import sqlite_utils
 
+from server import webhooks
 from server.errors import FailedPrecondition, NotFound
 from server.events import EventLog
 from server.ids import now, timestamp
@@ -160,7 +161,8 @@ def transition(
     data: dict | None = None,
     **columns: object,
 ) -> Job:
-    """Move `job` to `state`, save it and append its state event; in a write transaction."""
+    """Move `job` to `state`, save it and append its state event; a final state also
+    writes its webhook deliveries (the outbox). In a write transaction."""
     if state not in ALLOWED.get(job.state, frozenset()):
         raise FailedPrecondition(f"job {job.id!r} is {job_state_name(job.state)}")
     job.state = state
@@ -175,6 +177,8 @@ def transition(
         type=Event.TYPE_STATE,
         data={"state": job_state_name(state), **(data or {})},
     )
+    if state in FINAL_JOB_STATES:
+        webhooks.job_finished(db, job)
     return job
 
 

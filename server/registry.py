@@ -102,7 +102,9 @@ def resolve(
         return target
     if model_id not in base_models:
         raise NotFound("model", model_id)
-    if not base_models[model_id].endswith("ForCausalLM"):
+    from trainer.models import is_causal_lm  # reads names only, no torch
+
+    if not is_causal_lm(base_models[model_id]):
         raise InvalidArgument.field(
             field, f"{model_id!r} is an encoder; generation needs a causal LM"
         )

@@ -18,12 +18,20 @@ from conftest import Failure, Job, Org, Server, every_page, fails
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 
-from tunewire.v1 import auth_pb2, exports_pb2, files_pb2, files_pb2_grpc, jobs_pb2, models_pb2
+from tunewire.v1 import (
+    auth_pb2,
+    exports_pb2,
+    files_pb2,
+    files_pb2_grpc,
+    jobs_pb2,
+    models_pb2,
+    webhooks_pb2,
+)
 
 Code = grpc.StatusCode
 SERVICES = [
     service
-    for module in (auth_pb2, files_pb2, jobs_pb2, models_pb2, exports_pb2)
+    for module in (auth_pb2, files_pb2, jobs_pb2, models_pb2, exports_pb2, webhooks_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
 ]
 RPCS = [method for service in SERVICES for method in service.methods]
@@ -78,6 +86,7 @@ def test_the_rpc_list_covers_every_public_service() -> None:
         "tunewire.v1.JobService",
         "tunewire.v1.ModelService",
         "tunewire.v1.ExportService",
+        "tunewire.v1.WebhookService",
     }
     assert len(RPCS) >= 22
 

@@ -31,7 +31,16 @@ from google.api import annotations_pb2
 from bridge import transcode
 from bridge.main import create_app
 from bridge.routes.native import BINDINGS
-from tunewire.v1 import auth_pb2, exports_pb2, files_pb2, jobs_pb2, models_pb2, worker_pb2
+from tunewire.v1 import (
+    auth_pb2,
+    exports_pb2,
+    files_pb2,
+    graders_pb2,
+    jobs_pb2,
+    models_pb2,
+    webhooks_pb2,
+    worker_pb2,
+)
 
 T = TypeVar("T")
 READY = re.compile(r"tunewire: serving REST on (\S+):(\d+)")
@@ -234,7 +243,16 @@ def violations(status: dict[str, Any]) -> dict[str, str]:
 def test_every_annotated_rpc_is_bound_once() -> None:
     annotated = {
         method.full_name
-        for module in (auth_pb2, files_pb2, jobs_pb2, models_pb2, exports_pb2, worker_pb2)
+        for module in (
+            auth_pb2,
+            files_pb2,
+            jobs_pb2,
+            models_pb2,
+            exports_pb2,
+            worker_pb2,
+            graders_pb2,
+            webhooks_pb2,
+        )
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
         if method.GetOptions().HasExtension(annotations_pb2.http)

@@ -551,18 +551,22 @@ def test_a_dpo_job_trains_through_grpc_and_resumes_after_a_pause(live: Stack) ->
         method=DPO,
         seed=11,
         hyperparameters=jobs_pb2.Hyperparameters(
-            n_epochs=2, batch_size=4, learning_rate_multiplier=10, checkpoint_every_steps=4
+            # 72 steps: long enough that the pause lands mid-run even on a fast machine.
+            n_epochs=6,
+            batch_size=4,
+            learning_rate_multiplier=10,
+            checkpoint_every_steps=12,
         ),
     )
     for event in stream(org, job.id):
-        if event.type == Event.TYPE_METRICS and int(event.data["step"]) == 6:
+        if event.type == Event.TYPE_METRICS and int(event.data["step"]) == 3:
             assert org.jobs.PauseJob(jobs_pb2.PauseJobRequest(job_id=job.id)).state == (
                 Job.STATE_PAUSING
             )
             break
     paused = wait_state(org, job.id, Job.STATE_PAUSED)
     step = paused.progress.step
-    assert 6 <= step < 24
+    assert 3 <= step < 72
     org.jobs.ResumeJob(jobs_pb2.ResumeJobRequest(job_id=job.id))
     events = run_to_end(org, job.id)
     done = org.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
@@ -576,16 +580,16 @@ def test_a_dpo_job_trains_through_grpc_and_resumes_after_a_pause(live: Stack) ->
     assert "beta 0.1" in plan
 
     metrics = [e for e in events if e.type == Event.TYPE_METRICS]
-    assert [int(e.data["step"]) for e in metrics] == list(range(1, 25))
+    assert [int(e.data["step"]) for e in metrics] == list(range(1, 73))
     assert all(METRICS_MESSAGE.fullmatch(e.message) for e in metrics), metrics[0].message
     assert {f"train_{n}" for n in REWARDS} | {"train_loss"} <= set(metrics[0].data)
     assert metrics[-1].data["train_reward_accuracy"] >= 0.75
-    validations = [e for e in events if e.message.startswith("Step 24: validation")]
+    validations = [e for e in events if e.message.startswith("Step 72: validation")]
     assert validations and "reward accuracy=1.00" in validations[0].message
     assert validations[0].data["valid_reward_margin"] > 0.5
     checkpoints_ = org.jobs.ListCheckpoints(jobs_pb2.ListCheckpointsRequest(job_id=job.id))
     newest = checkpoints_.checkpoints[0]
-    assert newest.step == 24 and newest.metrics.valid_loss < 0.6 * LN2
+    assert newest.step == 72 and newest.metrics.valid_loss < 0.6 * LN2
 
 
 def test_the_openai_sdk_runs_a_dpo_fine_tune(live: Stack) -> None:

@@ -2,7 +2,8 @@
 the contract's comments state its ranges, the trainer's arguments take exactly what it
 allows, and every surface that creates a job (gRPC, native REST, OpenAI, TrueFoundry,
 Cohere) accepts exactly the values it allows and refuses the rest, naming the field as
-that surface's request names it. Values are drawn around each range's edges."""
+that surface's request names it. Values are drawn around each range's edges. A method's
+own hyperparameter (DPO's beta) is tried on a job of that method, on preference data."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from conftest import REPO, Org, Server, chat_lines, failure_of, make_job
+from conftest import REPO, Org, Server, chat_lines, failure_of, make_job, preference_lines
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_bridge import Stack
@@ -80,7 +81,13 @@ def test_the_contracts_comments_state_the_tables_ranges_and_defaults() -> None:
 @given(_case(JOB_HYPERPARAMETERS, json_only=False))
 def test_the_trainers_arguments_take_exactly_what_the_table_allows(case: Any) -> None:
     row, value = case
-    args = TrainArgs(base_model="m", train_file="f", output_dir="o", **{row.name: value})
+    args = TrainArgs(
+        base_model="m",
+        train_file="f",
+        output_dir="o",
+        method=row.method or "supervised",
+        **{row.name: value},
+    )
     problems = {p.field: p.message for p in args.problems()}
     assert (row.name not in problems) == row.allows(value), problems.get(row.name)
 
@@ -121,17 +128,29 @@ def training_file(org: Org) -> str:
 
 
 @pytest.fixture(scope="module")
+def preference_file(org: Org) -> str:
+    return org.upload(preference_lines(10, "hyperparameters"), "hp-dpo.jsonl").id
+
+
+def _data(row: Hyperparameter, training_file: str, preference_file: str) -> str:
+    """The training file a job trying `row` needs: DPO's beta trains on preference data."""
+    return preference_file if row.method == "dpo" else training_file
+
+
+@pytest.fixture(scope="module")
 def http(rest: Stack, org: Org) -> Iterator[httpx.Client]:
     with rest.http(key=org.key) as client:
         yield client
 
 
-def _grpc(org: Org, training_file: str) -> Surface:
+def _grpc(org: Org, training_file: str, preference_file: str) -> Surface:
     def create(row: Hyperparameter, value: Any) -> str | None:
         job = make_job(
-            training_file=training_file,
+            training_file=_data(row, training_file, preference_file),
             hyperparameters=jobs_pb2.Hyperparameters(**{row.name: value}),
         )
+        if row.method == "dpo":
+            job.method.type = jobs_pb2.Method.TYPE_DPO
         try:
             org.jobs.CreateJob(jobs_pb2.CreateJobRequest(job=job))
         except grpc.RpcError as error:
@@ -152,9 +171,14 @@ def _refusal(reply: httpx.Response, text: Callable[[dict[str, Any]], str]) -> st
     return text(reply.json())
 
 
-def _native(http: httpx.Client, training_file: str) -> Surface:
+def _native(http: httpx.Client, training_file: str, preference_file: str) -> Surface:
     def create(row: Hyperparameter, value: Any) -> str | None:
-        body = {"base_model": "tiny-llama", "training_file": training_file}
+        body: dict[str, Any] = {
+            "base_model": "tiny-llama",
+            "training_file": _data(row, training_file, preference_file),
+        }
+        if row.method == "dpo":
+            body["method"] = {"type": "TYPE_DPO"}
         reply = http.post("/tunewire/v1/jobs", json={**body, "hyperparameters": {row.name: value}})
         return _refusal(
             reply,
@@ -166,14 +190,21 @@ def _native(http: httpx.Client, training_file: str) -> Surface:
     return Surface("native", TABLE, create, lambda row: f"hyperparameters.{row.name}")
 
 
-def _openai(http: httpx.Client, training_file: str, prefix: str, in_method: bool) -> Surface:
+def _openai(
+    http: httpx.Client, training_file: str, preference_file: str, prefix: str, in_method: bool
+) -> Surface:
     def create(row: Hyperparameter, value: Any) -> str | None:
         given = {row.name: value}
-        body: dict[str, Any] = {"model": "tiny-llama", "training_file": training_file}
+        body: dict[str, Any] = {
+            "model": "tiny-llama",
+            "training_file": _data(row, training_file, preference_file),
+        }
+        kind = row.method or "supervised"
         if in_method:
-            body["method"] = {"type": "supervised", "supervised": {"hyperparameters": given}}
+            body["method"] = {"type": kind, kind: {"hyperparameters": given}}
         else:
             body["hyperparameters"] = given
+            body["method"] = {"type": kind}
         reply = http.post(f"{prefix}/fine_tuning/jobs", json=body)
         return _refusal(reply, lambda body: body["error"]["param"] or "")
 
@@ -213,13 +244,18 @@ SURFACES = ["grpc", "native", "openai", "truefoundry-method", "cohere"]
 
 @pytest.fixture
 def surface(
-    request: pytest.FixtureRequest, org: Org, http: httpx.Client, training_file: str
+    request: pytest.FixtureRequest,
+    org: Org,
+    http: httpx.Client,
+    training_file: str,
+    preference_file: str,
 ) -> Surface:
+    files = (training_file, preference_file)
     return {
-        "grpc": lambda: _grpc(org, training_file),
-        "native": lambda: _native(http, training_file),
-        "openai": lambda: _openai(http, training_file, "/v1", in_method=False),
-        "truefoundry-method": lambda: _openai(http, training_file, "/api/llm", in_method=True),
+        "grpc": lambda: _grpc(org, *files),
+        "native": lambda: _native(http, *files),
+        "openai": lambda: _openai(http, *files, "/v1", in_method=False),
+        "truefoundry-method": lambda: _openai(http, *files, "/api/llm", in_method=True),
         "cohere": lambda: _cohere(http, training_file),
     }[request.param]()
 

@@ -159,7 +159,6 @@ def test_create_accepts_every_boundary_value(org: Org, train_file: File) -> None
         n_epochs=50,
         batch_size=256,
         learning_rate_multiplier=100,
-        beta=2,
         lora_rank=256,
         lora_alpha=1024,
         lora_dropout=0,
@@ -231,7 +230,6 @@ def _bad_create(org: Org, request_id: str = "", **fields) -> dict[str, str]:
         ("learning_rate_multiplier", 0, "(0, 100]"),
         ("learning_rate_multiplier", 100.5, "(0, 100]"),
         ("learning_rate_multiplier", -1, "(0, 100]"),
-        ("beta", 0, "(0, 2]"),
         ("lora_rank", 0, "[1, 256]"),
         ("lora_rank", 257, "[1, 256]"),
         ("lora_alpha", 0, "[1, 1024]"),
@@ -271,7 +269,15 @@ def test_create_names_a_hyperparameter_out_of_range(
         ({"metadata": {"": "v"}}, "job.metadata['']"),
         ({"metadata": {"key": "v" * 513}}, "job.metadata['key']"),
         ({"integrations": [jobs_pb2.Integration(type="slack")]}, "job.integrations[0].type"),
-        ({"integrations": [jobs_pb2.Integration(type="wandb")] * 6}, "job.integrations"),
+        (
+            {"integrations": [jobs_pb2.Integration(type="wandb", project="p")] * 6},
+            "job.integrations",
+        ),
+        ({"integrations": [jobs_pb2.Integration(type="wandb")]}, "job.integrations[0].project"),
+        (
+            {"integrations": [jobs_pb2.Integration(type="mlflow")]},
+            "job.integrations[0].tracking_uri",
+        ),
         ({"request_id": "r" * 129}, "request_id"),
         ({"validation_file": "file-000000000000000000000000"}, "job.validation_file"),
     ],
@@ -338,15 +344,6 @@ def test_failed_creates_leave_no_job(server: Server) -> None:
     assert list(fresh.jobs.ListJobs(jobs_pb2.ListJobsRequest()).jobs) == []
     # The request id of a refused create is not used up.
     assert fresh.create_job(record.id, request_id="rid").state == Job.STATE_QUEUED
-
-
-def test_dpo_is_not_available_yet(org: Org, train_file: File) -> None:
-    job = Job(
-        base_model="tiny-llama",
-        training_file=train_file.id,
-        method=jobs_pb2.Method(type=jobs_pb2.Method.TYPE_DPO),
-    )
-    fails(Code.UNIMPLEMENTED, org.jobs.CreateJob, jobs_pb2.CreateJobRequest(job=job))
 
 
 @pytest.mark.parametrize(

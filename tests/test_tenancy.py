@@ -47,8 +47,11 @@ from tunewire.v1 import (
     events_pb2,
     exports_pb2,
     files_pb2,
+    graders_pb2,
     jobs_pb2,
     models_pb2,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
     worker_pb2,
 )
 
@@ -60,7 +63,7 @@ INTERNAL = {"tunewire.v1.WorkerService"}  # workers only; answers no API key (te
 # Served by inference workers at their own address, to the control plane alone.
 WORKER_SERVED = {"tunewire.v1.InferenceService"}
 MODULES = (auth_pb2, checkpoints_pb2, common_pb2, events_pb2, exports_pb2, files_pb2, jobs_pb2)
-MODULES += (models_pb2, worker_pb2)
+MODULES += (graders_pb2, models_pb2, webhooks_pb2, worker_pb2)
 RPCS = [method for service in PUBLIC for method in service.methods]
 
 # Which object an id field names.
@@ -71,8 +74,12 @@ REFERENCES = {
     "job_id": "job",
     "model_id": "model",
     "export_id": "export",
+    "endpoint_id": "webhook_endpoint",
 }
 KINDS = set(REFERENCES.values())
+# Ids that name no object of the caller's to reach: an idempotency key, and a list's
+# cursor (another org's object as a cursor is refused: tests/test_listing.py).
+NOT_REFERENCES = {"request_id", "after_id"}
 # Values for other fields a request needs to get as far as its ids.
 FILLERS: dict[str, Any] = {
     "base_model": "tiny-llama",
@@ -82,7 +89,13 @@ FILLERS: dict[str, Any] = {
     "page_size": 1000,
 }
 # POST/DELETE RPCs that name no existing object: they only ever create the caller's own.
-CREATES_ONLY = {"tunewire.v1.FileService.UploadFile"}
+CREATES_ONLY = {
+    "tunewire.v1.FileService.UploadFile",
+    "tunewire.v1.WebhookService.CreateWebhookEndpoint",
+    # Graders are computed from the request alone: nothing stored is read or written.
+    "tunewire.v1.GraderService.RunGrader",
+    "tunewire.v1.GraderService.ValidateGrader",
+}
 
 
 def http_verb(method: MethodDescriptor) -> str:
@@ -106,7 +119,7 @@ def reference_fields(method: MethodDescriptor) -> list[tuple[str, str]]:
                     found += walk(field.message_type, f"{path}.")
             elif field.name in REFERENCES:
                 found.append((path, REFERENCES[field.name]))
-            elif field.name.endswith("_id") and field.name != "request_id":
+            elif field.name.endswith("_id") and field.name not in NOT_REFERENCES:
                 raise AssertionError(f"{path}: an id of a kind these tests do not know")
         return found
 
@@ -248,6 +261,18 @@ class World:
         self.victim_ids |= {c.model for c in checkpoints.checkpoints}
         self.victim_ids |= set(job.result_files)
         self.own_file = self.attacker.upload(sample, SAMPLE_CHAT.name).id
+        # Made once the victim's work is done, so nothing is ever sent to it (the discard
+        # port on loopback, which the world's server allows).
+        self.hooks = webhooks_pb2_grpc.WebhookServiceStub(v.client.channel)
+        endpoint = self.hooks.CreateWebhookEndpoint(
+            webhooks_pb2.CreateWebhookEndpointRequest(
+                endpoint=webhooks_pb2.WebhookEndpoint(url="http://127.0.0.1:9/victim")
+            ),
+            metadata=v.client.metadata,
+            timeout=30,
+        )
+        self.owned["webhook_endpoint"] = endpoint.id
+        self.victim_ids.add(endpoint.id)
 
     def snapshot(self) -> list[Message]:
         """Everything the victim owns, as the victim sees it."""
@@ -260,13 +285,24 @@ class World:
             *v.jobs.ListJobEvents(
                 jobs_pb2.ListJobEventsRequest(job_id=owned["job"], page_size=1000)
             ).events,
+            self.hooks.GetWebhookEndpoint(
+                webhooks_pb2.GetWebhookEndpointRequest(endpoint_id=owned["webhook_endpoint"]),
+                metadata=v.client.metadata,
+                timeout=30,
+            ),
         ]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[World]:
     root = tmp_path_factory.mktemp("tenancy")
-    srv = launch(root / "home", models_dir, root / "logs", TUNEWIRE_MAX_RUNNING_JOBS="1")
+    srv = launch(
+        root / "home",
+        models_dir,
+        root / "logs",
+        TUNEWIRE_MAX_RUNNING_JOBS="1",
+        TUNEWIRE_WEBHOOK_ALLOW_PRIVATE="true",
+    )
     try:
         yield World(srv)
     finally:
@@ -485,6 +521,8 @@ PATH_REFERENCES = {
     "model_id": "model",
     "model": "model",
     "export_id": "export",
+    "endpoint_id": "webhook_endpoint",
+    "webhook_id": "webhook_endpoint",
 }
 PATH_FILLERS = {"path": "config.json"}  # a file every merged export has
 QUERY_FILLERS = {"type": "chat-finetune-input"}  # Cohere's one dataset type for fine-tuning
@@ -512,6 +550,7 @@ BODY_REFERENCES: dict[tuple[str, str], tuple[str, Callable[[str], dict]]] = {
         lambda ref: {"model": ref, "messages": [{"role": "user", "content": "Hello"}]},
     ),
     ("post", "/v1/completions"): ("model", lambda ref: {"model": ref, "prompt": "Hello"}),
+    ("post", "/cohere/v1/classify"): ("model", lambda ref: {"model": ref, "inputs": ["Hello"]}),
     ("post", "/cohere/v1/finetuning/finetuned-models"): (
         "file",
         lambda ref: {
@@ -530,6 +569,12 @@ HTTP_CREATES_ONLY = {
     ("post", "/v1/files"),
     ("post", "/cohere/v1/datasets"),
     ("post", "/api/v1/sessions/learn"),
+    ("post", "/tunewire/v1/webhook_endpoints"),
+    ("post", "/v1/webhooks"),
+    ("post", "/tunewire/v1/graders:run"),
+    ("post", "/tunewire/v1/graders:validate"),
+    ("post", "/v1/fine_tuning/alpha/graders/run"),
+    ("post", "/v1/fine_tuning/alpha/graders/validate"),
 }
 
 

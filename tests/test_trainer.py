@@ -122,7 +122,9 @@ def test_run_reports_through_callbacks(baseline: tuple[TrainResult, Recorder]) -
     assert [values["step"] for values in recorder.validations] == [2, 4, 6, 8]
     assert [values["step"] for values in recorder.checkpoints] == [2, 4, 6, 8]
     assert [values["epoch"] for values in recorder.checkpoints] == [0.5, 1.0, 1.5, 2.0]
-    assert recorder.events == []
+    # Its one event: the first example as the model trains on it (trainer.template_check).
+    [(level, _, shown)] = recorder.events
+    assert level == "info" and shown["rendered"].count("«") == 1
 
 
 def test_checkpoint_files(baseline: tuple[TrainResult, Recorder]) -> None:
@@ -323,8 +325,8 @@ def test_early_stopping(tiny: Path, files: dict[str, Path], tmp_path: Path) -> N
     assert result.adapter_dir is not None and result.adapter_dir.is_dir()
     assert result.best_checkpoint == tmp_path / "checkpoints" / "step-000002"
     assert result.best_metrics["valid_loss"] == recorder.validations[-1]["valid_loss"]
-    assert [event[0] for event in recorder.events] == ["info"]
-    assert "Early stopping at step 2" in recorder.events[0][1]
+    assert [event[0] for event in recorder.events] == ["info", "info"]  # the example first
+    assert "Early stopping at step 2" in recorder.events[1][1]
 
 
 def test_keeps_last_k_checkpoints_and_the_best(

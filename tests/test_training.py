@@ -120,6 +120,12 @@ def test_job_trains_to_succeeded_and_registers_its_model(org: Org, sample: files
     metrics = [e for e in events if e.type == Event.TYPE_METRICS]
     assert metrics[0].message.startswith(f"Step 1/{int(metrics[0].data['total_steps'])}: ")
     assert {"step", "train_loss", "learning_rate", "tokens_per_second"} <= set(metrics[0].data)
+    # Before step 1: the first example as the model trains on it, the trained span marked.
+    shown = next(e for e in events if e.message.startswith("An example of the training file"))
+    assert events.index(shown) < events.index(metrics[0])
+    assert shown.data["rendered"].endswith(
+        "<|im_start|>assistant\n«The capital of Nepal is Kathmandu, friend!<|im_end|>\n»"
+    )
 
     # The learnable sample: loss falls well below where it started.
     curve = [loss for _, loss in losses(events)]
@@ -132,8 +138,11 @@ def test_job_trains_to_succeeded_and_registers_its_model(org: Org, sample: files
     listed = org.models.ListModels(models_pb2.ListModelsRequest()).models
     assert [m.id for m in listed if m.job_id == job.id] == [done.fine_tuned_model]
 
-    # The results file: OpenAI's CSV columns, one row per logged step.
-    (results,) = done.result_files
+    # The results file: OpenAI's CSV columns, one row per logged step; then the
+    # TensorBoard event files every job writes (tests/test_tracking.py reads them).
+    results, tensorboard = done.result_files
+    shown = org.files.GetFile(files_pb2.GetFileRequest(file_id=tensorboard))
+    assert shown.filename == f"{job.id}-tensorboard.tar.gz"
     csv = b"".join(
         r.chunk.data for r in org.files.DownloadFile(files_pb2.DownloadFileRequest(file_id=results))
     ).decode()

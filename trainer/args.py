@@ -12,12 +12,12 @@ from trainer.hyperparameters import AUTO, BASE_LEARNING_RATE, BY_NAME, TABLE, TA
 
 TargetPreset = Literal["QV", "QKVO", "QKVO_FFN"]
 Schedule = Literal["linear", "cosine"]
-Method = Literal["supervised", "dpo"]
+Method = Literal["supervised", "dpo", "reinforcement"]
 Sharding = Literal["replicated", "fsdp"]
 
 SCHEDULES: tuple[str, ...] = ("linear", "cosine")
 SHARDINGS: tuple[str, ...] = ("replicated", "fsdp")
-METHODS: tuple[str, ...] = ("supervised", "dpo")
+METHODS: tuple[str, ...] = ("supervised", "dpo", "reinforcement")
 # The job's hyperparameters, each a TrainArgs field; a row with a `method` (DPO's beta)
 # belongs to runs of that method only.
 JOB_HYPERPARAMETERS = TABLE
@@ -92,6 +92,10 @@ class TrainArgs:
     """What a step trains (see `trainer.methods`): "supervised" (the loss on the outputs
     of chat, completion or text data) or "dpo" (direct preference optimization on
     preference data: the preferred output against the other, relative to the base)."""
+
+    reinforcement: dict[str, Any] | None = None
+    """Method "reinforcement" only (see `trainer.rft`): {"grader": OpenAI's grader JSON,
+    and any of eval_interval, eval_samples, compute_multiplier, max_completion_tokens}."""
 
     # The job's hyperparameters: their ranges, defaults and documentation are declared
     # once, in trainer/hyperparameters.py ("auto" is resolved by `resolve_auto`).
@@ -193,6 +197,12 @@ class TrainArgs:
             )
 
         check(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}")
+        if self.method == "reinforcement" or self.reinforcement is not None:
+            from trainer import rft  # its spec's checks; torch-free until it trains
+
+            found += [
+                ArgProblem(f, m) for f, m in rft.spec_problems(self.method, self.reinforcement)
+            ]
         for hp in JOB_HYPERPARAMETERS:
             value = getattr(self, hp.name)
             if hp.method and hp.method != self.method:

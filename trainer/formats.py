@@ -34,6 +34,10 @@ class Format(enum.StrEnum):
     # a list of labels, possibly empty. The values are Hugging Face's `problem_type`s.
     SINGLE_LABEL = "single_label_classification"
     MULTI_LABEL = "multi_label_classification"
+    # Reinforcement fine-tuning prompts (OpenAI's RFT data): chat messages that end before
+    # the answer (the last is not the assistant's), beside the reference fields a grader
+    # reads as {{item.*}}. Told from a chat example missing its answer by those fields.
+    REINFORCEMENT = "reinforcement"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +189,8 @@ def detect_format(record: object) -> Format | None:
     """
     if not isinstance(record, dict):
         return None
+    if "messages" in record and _is_prompt(record):
+        return Format.REINFORCEMENT
     if "messages" in record:
         return Format.COHERE_CHAT if _has_cohere_roles(record["messages"]) else Format.CHAT
     if (
@@ -234,7 +240,7 @@ def parse_record(
     # Chat and Cohere chat share a shape; a record of either in a file of either is checked by
     # the file's rules, so a typo in a role reads as a bad role, not as another format. So is
     # a classification record that lacks its label: it reads as a missing label.
-    elif not (fmt in _CHAT_FAMILY and "messages" in record) and (
+    elif not ((fmt in _CHAT_FAMILY or fmt == Format.REINFORCEMENT) and "messages" in record) and (
         (detected := detect_format(record)) is not None
         and detected != fmt
         and not (fmt in _LABELLED and detected == Format.TEXT)
@@ -297,6 +303,39 @@ def _parse_chat(record: dict[str, Any], line: int, problems: list[Problem]) -> E
     if messages is not None and not has_assistant:
         problems.append(_no_assistant(line, "$.messages"))
     return _chat_example(Format.CHAT, tuple(messages or ()))
+
+
+_PROMPT = replace(_CHAT, roles={**_CHAT.roles, "developer": "system"})
+
+
+def _is_prompt(record: dict[str, Any]) -> bool:
+    """A reinforcement prompt: reference fields beside the messages, and a last message
+    with text that is not the assistant's."""
+    messages = record["messages"]
+    if record.keys() <= _CHAT_TOP_KEYS or not isinstance(messages, list) or not messages:
+        return False
+    last = messages[-1]
+    return (
+        isinstance(last, dict)
+        and last.get("role") in ("user", "developer", "system", "tool")
+        and isinstance(last.get("content"), str)
+    )
+
+
+def _parse_reinforcement(record: dict[str, Any], line: int, problems: list[Problem]) -> Example:
+    # Every key besides the messages is a reference field the grader may read.
+    messages, _ = _parse_message_list(record, "$", _PROMPT, line, problems)
+    if messages and messages[-1].role == "assistant":
+        problems.append(
+            Problem(
+                line,
+                "$.messages",
+                "prompt_ends_with_answer",
+                "a reinforcement prompt's last message must not be the assistant's: the "
+                "model samples the answer",
+            )
+        )
+    return _chat_example(Format.REINFORCEMENT, tuple(messages or ()))
 
 
 def _parse_cohere_chat(record: dict[str, Any], line: int, problems: list[Problem]) -> Example:
@@ -437,6 +476,7 @@ _PARSERS = {
     Format.SHAREGPT: _parse_sharegpt,
     Format.SINGLE_LABEL: _parse_labelled,
     Format.MULTI_LABEL: _parse_labelled,
+    Format.REINFORCEMENT: _parse_reinforcement,
 }
 
 

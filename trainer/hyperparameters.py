@@ -177,3 +177,56 @@ BY_NAME: dict[str, Hyperparameter] = {hp.name: hp for hp in TABLE}
 TARGET_MODULES: tuple[str, ...] = ("QV", "QKVO", "QKVO_FFN")
 """The LoRA target-module presets: query and value projections, all attention
 projections, or attention plus the feed-forward projections. Unset means QV."""
+
+REINFORCEMENT: tuple[Hyperparameter, ...] = (
+    Hyperparameter(
+        "eval_interval",
+        int,
+        1,
+        1_000_000,
+        AUTO,
+        "Validate every this many steps on the validation file.",
+        auto="at each epoch end only.",
+        method="reinforcement",
+    ),
+    Hyperparameter(
+        "eval_samples",
+        int,
+        1,
+        64,
+        AUTO,
+        "Completions sampled per validation prompt.",
+        auto="2.",
+        method="reinforcement",
+    ),
+    Hyperparameter(
+        "compute_multiplier",
+        float,
+        0.25,
+        8,
+        AUTO,
+        "Scales the completions sampled per training prompt: 8 at 1.0, at least 2.",
+        auto="1.",
+        method="reinforcement",
+    ),
+    Hyperparameter(
+        "max_completion_tokens",
+        int,
+        1,
+        4096,
+        AUTO,
+        "Completion tokens sampled at most, per completion.",
+        auto="64.",
+        method="reinforcement",
+    ),
+)
+"""Reinforcement fine-tuning's own hyperparameters: fields of `tunewire.v1.Reinforcement`
+(the method's spec), not of the job's Hyperparameters; n_epochs, batch_size (prompts per
+step) and learning_rate_multiplier are the job's, as for every method."""
+RFT_AUTO = {
+    "eval_interval": 0,
+    "eval_samples": 2,
+    "compute_multiplier": 1.0,
+    "max_completion_tokens": 64,
+}
+"""What "auto" resolves to for each of them (eval_interval 0: at epoch ends only)."""

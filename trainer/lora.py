@@ -19,6 +19,12 @@ _LLAMA_LIKE = {
     "QKVO_FFN": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 }
 
+_GPT2_LIKE = {
+    "QV": ("c_attn",),
+    "QKVO": ("c_attn", "attn.c_proj"),
+    "QKVO_FFN": ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"),
+}
+
 TARGET_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
@@ -27,6 +33,8 @@ TARGET_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
     "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
+    # Gemma 3's text model (Gemma3ForCausalLM); `gemma3` is the multimodal one.
+    "gemma3_text": _LLAMA_LIKE,
     # Phi-3 fuses q/k/v into one projection and gate/up into another.
     "phi3": {
         "QV": ("qkv_proj",),
@@ -34,11 +42,8 @@ TARGET_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
         "QKVO_FFN": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
     },
     # GPT-2 fuses q/k/v into c_attn; "attn.c_proj" keeps the MLP's c_proj out of QKVO.
-    "gpt2": {
-        "QV": ("c_attn",),
-        "QKVO": ("c_attn", "attn.c_proj"),
-        "QKVO_FFN": ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"),
-    },
+    "gpt2": _GPT2_LIKE,
+    "gpt_bigcode": _GPT2_LIKE,  # StarCoder, SantaCoder: GPT-2's module names
     # BERT's attention output and FFN output are both `*.output.dense`.
     "bert": {
         "QV": ("query", "value"),

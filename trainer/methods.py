@@ -28,6 +28,8 @@ dropout), in the same micro-batch as the policy, so it costs one forward without
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -75,8 +77,17 @@ class Method(Protocol):
     def metrics(self, stats: dict[str, float], weight: int) -> dict[str, float]: ...
 
 
-def for_run(name: str) -> Method:
-    """The method a run's `TrainArgs.method` names."""
+def for_run(
+    name: str,
+    reinforcement: dict[str, Any] | None = None,
+    on_event: Callable[[str, str, dict[str, Any]], None] | None = None,
+) -> Method:
+    """The method a run's `TrainArgs.method` names; reinforcement fine-tuning (its own
+    module, `trainer.rft`) takes its spec and reports grader errors through `on_event`."""
+    if name == "reinforcement":
+        from trainer import rft
+
+        return rft.Reinforcement(spec=reinforcement or {}, on_event=on_event)
     return DPO() if name == "dpo" else Supervised()
 
 
@@ -121,7 +132,7 @@ class Supervised:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed loss over the loss tokens, `stats`: [summed loss, correct argmax
         predictions])."""
-        loss_sum, correct = token_loss(_logits(model, batch, bf16), batch.labels)
+        loss_sum, correct = token_loss(*_logits(model, batch, bf16))
         return loss_sum, torch.stack([loss_sum.detach(), correct.to(loss_sum.dtype)])
 
     def weight(self, batch: batching.Batch) -> int:
@@ -186,7 +197,7 @@ class DPO:
         summed rejected rewards, pairs whose chosen reward is higher, correct argmax
         predictions on chosen outputs, chosen output tokens])."""
         pairs = self.weight(batch)
-        logps, correct = sequence_logps(_logits(model, batch, bf16), batch.labels)
+        logps, correct = sequence_logps(*_logits(model, batch, bf16))
         with torch.no_grad():
             reference = reference_logps(model, batch, bf16)
         chosen = self.beta * (logps[:pairs] - reference[:pairs])
@@ -237,12 +248,37 @@ def _checked(
         yield example
 
 
-def _logits(model: torch.nn.Module, batch: batching.Batch, bf16: bool) -> torch.Tensor:
+def _logits(
+    model: torch.nn.Module, batch: batching.Batch, bf16: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits and the labels they line up with. Positions before the one that
+    predicts the batch's first loss token predict nothing trained (a prompt), so where the
+    model can (`logits_to_keep`) its LM head runs from there on only: less work and far
+    less memory for the float32 logits of a big vocabulary."""
     device = batch.input_ids.device
+    width = batch.labels.size(1)
+    # Where the first loss token of any row is, less one (the position predicting it).
+    start = int((batch.labels != data.IGNORE_INDEX).any(dim=0).int().argmax()) - 1
+    kept = {"logits_to_keep": width - start} if start > 0 and _keeps_logits(model) else {}
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        return model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+        logits = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            use_cache=False,
+            **kept,
         ).logits
+    return logits, batch.labels[:, width - logits.size(1) :]
+
+
+def _keeps_logits(model: Any) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs do)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _takes_logits_to_keep(type(base))
+
+
+@functools.cache
+def _takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,6 +318,6 @@ def reference_logps(model: Any, batch: batching.Batch, bf16: bool) -> torch.Tens
     model.eval()
     try:
         with model.disable_adapter():
-            return sequence_logps(_logits(model, batch, bf16), batch.labels)[0]
+            return sequence_logps(*_logits(model, batch, bf16))[0]
     finally:
         model.train(training)

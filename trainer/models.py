@@ -61,8 +61,19 @@ class BaseModel:
     parameters: int
     """Parameter count, read from the safetensors headers without loading weights."""
     context_length: int
-    """`max_position_embeddings`: the longest sequence the model accepts."""
+    """`max_position_embeddings` (GPT-2: `n_positions`): the longest sequence the model
+    accepts."""
     path: Path
+
+
+# GPT-2 and its kin name their causal LM class `…LMHeadModel` (GPT2LMHeadModel).
+_CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def is_causal_lm(architecture: str) -> bool:
+    """Whether a config's architecture is a decoder LM (what the LoRA recipe fine-tunes
+    and generation runs), as opposed to an encoder (classification)."""
+    return architecture.endswith(_CAUSAL_LM_SUFFIXES)
 
 
 def init_tiny(models_dir: str | os.PathLike[str]) -> Path:
@@ -215,7 +226,10 @@ def describe(path: Path, name: str) -> BaseModel:
             ),
             model_type=str(config.get("model_type", "unknown")),
             parameters=parameters,
-            context_length=int(config.get("max_position_embeddings", 0)),
+            # GPT-2 and its kin call it n_positions.
+            context_length=int(
+                config.get("max_position_embeddings") or config.get("n_positions") or 0
+            ),
             path=path,
         )
     except (TypeError, ValueError, IndexError, KeyError) as error:

@@ -225,7 +225,7 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
     max_seq_len = min(args.max_seq_len, base.context_length or args.max_seq_len)
     # The method decides what a file encodes into (sequences; DPO's pairs) and refuses
     # data it cannot train on; the rest of the recipe is the same for every method.
-    method = methods.for_run(args.method)
+    method = methods.for_run(args.method, args.reinforcement, cb.on_event)
     train_data = method.load(
         args.train_file, tokenizer, max_seq_len, args.train_file_name, "training_file"
     )

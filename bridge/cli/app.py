@@ -181,7 +181,11 @@ def _metadata_pairs(pairs: list[str]) -> dict[str, str]:
 
 def _help(name: str) -> str:
     row = HYPERPARAMETERS[name]
-    return f"{row.doc} {row.range}; auto when unset."
+    only = f" {row.method.upper()} only." if row.method else ""
+    return f"{row.doc} {row.range}; auto when unset.{only}"
+
+
+METHODS = {"supervised": jobs_pb2.Method.TYPE_SUPERVISED, "dpo": jobs_pb2.Method.TYPE_DPO}
 
 
 @jobs_app.command("create")
@@ -196,6 +200,14 @@ def jobs_create(
     learning_rate_multiplier: Annotated[
         float | None, typer.Option(help=_help("learning_rate_multiplier"))
     ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="supervised (chat, completion or text data) or dpo (preference data: "
+            "input, preferred_output, non_preferred_output)."
+        ),
+    ] = "supervised",
+    beta: Annotated[float | None, typer.Option(help=_help("beta"))] = None,
     metadata: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
     request_id: Annotated[str, typer.Option(help="Idempotency key.")] = "",
     watch: Annotated[bool, typer.Option(help="Watch it after creating it.")] = False,
@@ -208,14 +220,19 @@ def jobs_create(
         ("n_epochs", n_epochs),
         ("batch_size", batch_size),
         ("learning_rate_multiplier", learning_rate_multiplier),
+        ("beta", beta),
     ):
         if value is not None:
             setattr(hp, name, value)
+    if method not in METHODS:
+        err.print(f"[red]error:[/red] --method must be one of {', '.join(METHODS)}")
+        raise typer.Exit(2)
     job = jobs_pb2.Job(
         base_model=model,
         training_file=training_file,
         validation_file=validation_file,
         suffix=suffix,
+        method=jobs_pb2.Method(type=METHODS[method]),
         hyperparameters=hp,
         metadata=_metadata_pairs(metadata or []),
     )

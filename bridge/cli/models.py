@@ -45,6 +45,40 @@ def models_init_tiny(
     console.print(f"tiny-llama ready at {path}")
 
 
+@models_app.command("add")
+def models_add(
+    path: Annotated[Path, typer.Argument(help="A Hugging Face model directory.")],
+    name: Annotated[
+        str | None, typer.Option(help="NAME or ORG/NAME to list it as (default: its dir name).")
+    ] = None,
+) -> None:
+    """Import a local model dir as a base model (local admin: writes the models dir).
+
+    Takes safetensors weights, config and tokenizer files only (never pickled .bin/.pt
+    weights, never code), verifies them with transformers, and renames the copy into place.
+    """
+    from bridge.cli import model_import
+
+    model_import.add(path, name)
+
+
+@models_app.command("pull")
+def models_pull(
+    repo_id: Annotated[str, typer.Argument(help="A hub repo id, e.g. Qwen/Qwen3-0.6B.")],
+    revision: Annotated[
+        str | None, typer.Option(help="Branch, tag or commit (default: main).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="NAME or ORG/NAME to list it as (default: the repo id).")
+    ] = None,
+) -> None:
+    """Download a base model from the Hugging Face hub and import it as `add` does (local
+    admin). HF_ENDPOINT picks a mirror; HF_TOKEN is the token for gated or private repos."""
+    from bridge.cli import model_import
+
+    model_import.pull(repo_id, revision, name)
+
+
 @models_app.command("list")
 def models_list(address: Address = "localhost:50051", api_key: ApiKey = None) -> None:
     """List base models and your fine-tuned models."""

@@ -23,6 +23,7 @@ from google.protobuf import field_mask_pb2
 from pydantic import BaseModel, ConfigDict
 
 from bridge.backend import (
+    MAX_PAGE_SIZE,
     Backend,
     Metadata,
     collect,
@@ -177,7 +178,7 @@ class FinetuningHyperparameters(BaseModel):
 class WandbConfig(BaseModel):
     project: str
     api_key: str | None = None
-    """Write-only: accepted and never stored or shown."""
+    """Write-only: stored encrypted apart from the job, used by its trainer, never shown."""
     entity: str | None = None
 
 
@@ -265,6 +266,9 @@ def ascending(order_by: str | None) -> bool:
 PageSize = Annotated[int, Query(ge=0, le=1000)]
 # An offset, as offset_page issues it: digits only (a negative one would slice from the end).
 PageToken = Annotated[str | None, Query(pattern=r"^[0-9]*$", max_length=20)]
+# The control plane's own page token, passed through: a keyset cursor, so a page costs
+# the same at any depth. The server refuses one it did not issue.
+CursorToken = Annotated[str | None, Query(max_length=512)]
 
 # --- datasets ---------------------------------------------------------------------------
 
@@ -391,35 +395,34 @@ async def list_datasets(
     offset: Annotated[int, Query(ge=0)] = 0,
     validation_status: Annotated[ValidationStatus | None, Query(alias="validationStatus")] = None,
 ) -> ListDatasetsResponse:
-    """Datasets, newest first; an evaluation file is shown inside its training dataset."""
-    files = await collect(
-        every_page(
-            backend.files.ListFiles,
-            files_pb2.ListFilesRequest(purpose=File.PURPOSE_FINE_TUNE),
-            "files",
-            auth,
-        )
+    """Datasets, newest first; an evaluation file is shown inside its training dataset.
+    Files are read newest first only until `offset + limit` datasets are found (an
+    evaluation file is newer than its training file, so it is met first)."""
+    end = None if limit is None else offset + limit
+    files = every_page(
+        backend.files.ListFiles,
+        files_pb2.ListFilesRequest(purpose=File.PURPOSE_FINE_TUNE),
+        "files",
+        auth,
+        page_size=MAX_PAGE_SIZE if end is None else min(MAX_PAGE_SIZE, 2 * end + 1),
     )
-    evaluations = {}
-    for record in files:
+    evaluations: dict[str, File] = {}
+    kept: list[Dataset] = []
+    async for record in files:
         named = EVAL_NAME.match(record.filename)
         if named:
             evaluations[named.group(1)] = record
-    paired = {e.id for e in evaluations.values()}
-    datasets = [
-        dataset_object(record, evaluations.get(record.id))
-        for record in files
-        if record.id not in paired
-    ]
-    kept = [
-        d
-        for d in datasets
-        if (dataset_type is None or d.dataset_type == dataset_type)
-        and (validation_status is None or d.validation_status == validation_status)
-        and (before is None or d.created_at < before)
-        and (after is None or d.created_at > after)
-    ]
-    end = None if limit is None else offset + limit
+            continue
+        d = dataset_object(record, evaluations.pop(record.id, None))
+        if (
+            (dataset_type is None or d.dataset_type == dataset_type)
+            and (validation_status is None or d.validation_status == validation_status)
+            and (before is None or d.created_at < before)
+            and (after is None or d.created_at > after)
+        ):
+            kept.append(d)
+            if end is not None and len(kept) >= end:
+                break
     return ListDatasetsResponse(datasets=kept[offset:end])
 
 
@@ -496,8 +499,11 @@ def job_proto(model: FinetunedModel, base_model: str) -> Job:
     if settings.base_model.base_type == cohere_classify.BASE_TYPE:
         job.method.type = jobs_pb2.Method.TYPE_CLASSIFICATION
     if settings.wandb:
-        job.integrations.add(
-            type="wandb", project=settings.wandb.project, entity=settings.wandb.entity or ""
+        job.integrations.add(  # the key is sealed apart by the control plane, never shown
+            type="wandb",
+            project=settings.wandb.project,
+            entity=settings.wandb.entity or "",
+            api_key=settings.wandb.api_key or "",
         )
     return job
 
@@ -582,19 +588,25 @@ async def list_finetuned_models(
     backend: BackendDep,
     auth: Auth,
     page_size: PageSize = 0,
-    page_token: PageToken = None,
+    page_token: CursorToken = None,
     order_by: str | None = None,
 ) -> ListFinetunedModelsResponse:
-    jobs = await collect(
-        every_page(backend.jobs.ListJobs, jobs_pb2.ListJobsRequest(), "jobs", auth)
+    """Fine-tunes (jobs), oldest first by default as Cohere lists them; one page of the
+    control plane's (a seek by its cursor), and the total it keeps counted."""
+    page = await backend.jobs.ListJobs(
+        jobs_pb2.ListJobsRequest(
+            page_size=page_size or DEFAULT_PAGE_SIZE,
+            page_token=page_token or "",
+            order_by="create_time" if ascending(order_by) else "create_time desc",
+        ),
+        metadata=auth,
     )
-    if ascending(order_by):
-        jobs.reverse()  # the control plane lists newest first
-    page, token = offset_page(jobs, page_size, page_token)
     return ListFinetunedModelsResponse(
-        finetuned_models=await asyncio.gather(*(finetuned_model(backend, auth, j) for j in page)),
-        next_page_token=token,
-        total_size=len(jobs),
+        finetuned_models=await asyncio.gather(
+            *(finetuned_model(backend, auth, j) for j in page.jobs)
+        ),
+        next_page_token=page.next_page_token,
+        total_size=page.total_size,
     )
 
 
@@ -667,13 +679,11 @@ async def delete_finetuned_model(id: str, backend: BackendDep, auth: Auth) -> di
     return {}
 
 
-async def _events(backend: Backend, auth: Metadata, job_id: str) -> list[Event]:
-    """A job's events, oldest first."""
-    return await collect(
-        every_page(
-            backend.jobs.ListJobEvents, jobs_pb2.ListJobEventsRequest(job_id=job_id), "events", auth
-        )
-    )
+async def _state_events(backend: Backend, auth: Metadata, job_id: str) -> list[Event]:
+    """A job's state events, oldest first: a handful, read from the type index however
+    many metrics events the job has."""
+    request = jobs_pb2.ListJobEventsRequest(job_id=job_id, types=[Event.TYPE_STATE])
+    return await collect(every_page(backend.jobs.ListJobEvents, request, "events", auth))
 
 
 @router.get("/finetuning/finetuned-models/{finetuned_model_id}/events")
@@ -687,8 +697,8 @@ async def list_events(
 ) -> ListEventsResponse:
     """Status changes, newest first (`order_by=created_at` for oldest first)."""
     changes: list[CohereEvent] = []
-    for event in await _events(backend, auth, finetuned_model_id):
-        if event.type != Event.TYPE_STATE or "state" not in event.data:
+    for event in await _state_events(backend, auth, finetuned_model_id):
+        if "state" not in event.data:
             continue
         state = Job.State.Value("STATE_" + str(event.data["state"]).upper())
         status = STATUS.get(state, "STATUS_UNSPECIFIED")
@@ -707,13 +717,22 @@ async def list_training_step_metrics(
     backend: BackendDep,
     auth: Auth,
     page_size: PageSize = 0,
-    page_token: PageToken = None,
+    page_token: CursorToken = None,
 ) -> ListTrainingStepMetricsResponse:
-    """Metrics per logged step, the most recent step first."""
+    """Metrics per logged step, the most recent step first: one page of the job's
+    metrics events, newest first, by the control plane's cursor."""
+    page = await backend.jobs.ListJobEvents(
+        jobs_pb2.ListJobEventsRequest(
+            job_id=finetuned_model_id,
+            types=[Event.TYPE_METRICS],
+            order_by="sequence desc",
+            page_size=page_size or DEFAULT_PAGE_SIZE,
+            page_token=page_token or "",
+        ),
+        metadata=auth,
+    )
     steps = []
-    for event in reversed(await _events(backend, auth, finetuned_model_id)):
-        if event.type != Event.TYPE_METRICS:
-            continue
+    for event in page.events:
         data = struct_dict(event.data)
         steps.append(
             TrainingStepMetrics(
@@ -726,8 +745,7 @@ async def list_training_step_metrics(
                 },
             )
         )
-    page, token = offset_page(steps, page_size, page_token)
-    return ListTrainingStepMetricsResponse(step_metrics=list(page), next_page_token=token)
+    return ListTrainingStepMetricsResponse(step_metrics=steps, next_page_token=page.next_page_token)
 
 
 # Classification fine-tunes are called through Cohere's classify (see cohere_classify).

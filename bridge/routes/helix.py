@@ -17,7 +17,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 
-from bridge.backend import Backend, Metadata, default_base_model, every_page, moment
+from bridge.backend import Backend, Metadata, default_base_model, moment
 from bridge.deps import Auth, BackendDep, SettingsDep
 from bridge.errors import ApiError
 from bridge.routing import route_class
@@ -263,11 +263,13 @@ async def get_session(session_id: str, backend: BackendDep, auth: Auth) -> Sessi
 
 
 async def _newest_model(backend: Backend, auth: Metadata) -> str:
-    async for model in every_page(
-        backend.models.ListModels, models_pb2.ListModelsRequest(), "models", auth
-    ):
-        if not model.checkpoint_id:
-            return model.id
+    """The newest fine-tuned model: one row of ListModels (which lists no checkpoint
+    models), however many models there are."""
+    listed = await backend.models.ListModels(
+        models_pb2.ListModelsRequest(page_size=1), metadata=auth
+    )
+    if listed.models:
+        return listed.models[0].id
     raise ApiError.invalid([("model_name", "no fine-tuned model yet: name a model")])
 
 

@@ -6,19 +6,23 @@ Errors are google.rpc.Status JSON with grpc-gateway's HTTP statuses. Server
 streams are NDJSON, or server-sent events for `Accept: text/event-stream`,
 resumable with `Last-Event-ID` where the request has a cursor. The one
 client-streaming RPC, UploadFile, takes a multipart form at its path.
+
+One route is not an RPC: `GET /tunewire/v1/hyperparameters`, the hyperparameter table
+(`trainer/hyperparameters.py`) that forms such as the dashboard's are built from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from google.rpc import status_pb2
+from pydantic import BaseModel
 
 from bridge import transcode
-from bridge.deps import Auth, BackendDep, SettingsDep
+from bridge.deps import Auth, BackendDep, SettingsDep, check_key
 from bridge.errors import ApiError, native_error
 from bridge.routing import route_class
 from bridge.streams import (
@@ -32,7 +36,16 @@ from bridge.streams import (
 )
 from bridge.transcode import Binding, to_json
 from bridge.uploads import BINARY, form_openapi, upload_file_form
-from tunewire.v1 import auth_pb2, exports_pb2, files_pb2, jobs_pb2, models_pb2
+from trainer.hyperparameters import BASE_LEARNING_RATE, TABLE, TARGET_MODULES
+from tunewire.v1 import (
+    auth_pb2,
+    exports_pb2,
+    files_pb2,
+    graders_pb2,
+    jobs_pb2,
+    models_pb2,
+    webhooks_pb2,
+)
 
 PREFIX = "/tunewire"
 PUBLIC_API = (
@@ -41,6 +54,8 @@ PUBLIC_API = (
     jobs_pb2.DESCRIPTOR,
     models_pb2.DESCRIPTOR,
     exports_pb2.DESCRIPTOR,
+    webhooks_pb2.DESCRIPTOR,
+    graders_pb2.DESCRIPTOR,
 )
 UPLOAD_METHOD = "tunewire.v1.FileService.UploadFile"
 PURPOSES = {
@@ -124,6 +139,73 @@ for _binding in BINDINGS:
         summary=f"{_binding.method.containing_service.name}.{_binding.method.name}",
         response_class=StreamingResponse if _binding.method.server_streaming else JSONResponse,
         openapi_extra=extra,
+    )
+
+
+class HyperparameterRow(BaseModel):
+    """One row of the hyperparameter table: a field of `tunewire.v1.Hyperparameters`."""
+
+    name: str
+    type: Literal["integer", "number"]
+    minimum: float
+    maximum: float
+    exclusive_minimum: bool
+    exclusive_maximum: bool
+    range: str
+    """The range as errors write it: `[1, 50]`, `(0, 100]`."""
+    default: int | float | Literal["auto"]
+    """What leaving the field unset means: "auto" (resolved when the job plans) or a value."""
+    auto: str
+    """How "auto" is resolved; empty where the default is a value."""
+    description: str
+    method: str
+    """The only `Method.type` that uses it (`TYPE_DPO`), or empty for every method."""
+
+
+class HyperparameterTable(BaseModel):
+    """Every hyperparameter a job may set, as the server checks it."""
+
+    hyperparameters: list[HyperparameterRow]
+    target_modules: list[str]
+    """`Hyperparameters.target_modules` presets; unset means the first."""
+    base_learning_rate: float
+    """The peak learning rate at `learning_rate_multiplier` 1."""
+    methods: list[str]
+    """`Method.type` values a job may name."""
+
+
+@router.get(
+    "/v1/hyperparameters",
+    operation_id="ListHyperparameters",
+    summary="The hyperparameter table",
+    response_model=HyperparameterTable,
+)
+async def list_hyperparameters(request: Request) -> HyperparameterTable:
+    """The one table (`trainer/hyperparameters.py`) that CreateJob checks a job's
+    hyperparameters against: types, ranges, defaults and how "auto" resolves. Not an RPC:
+    the table is a constant of the release; it needs a key like every call."""
+    await check_key(request)
+    rows = [
+        HyperparameterRow(
+            name=hp.name,
+            type="integer" if hp.type is int else "number",
+            minimum=hp.low,
+            maximum=hp.high,
+            exclusive_minimum=hp.low_open,
+            exclusive_maximum=hp.high_open,
+            range=hp.range,
+            default=hp.default,
+            auto=hp.auto,
+            description=hp.doc,
+            method=f"TYPE_{hp.method.upper()}" if hp.method else "",
+        )
+        for hp in TABLE
+    ]
+    return HyperparameterTable(
+        hyperparameters=rows,
+        target_modules=[f"TARGET_MODULES_{name}" for name in TARGET_MODULES],
+        base_learning_rate=BASE_LEARNING_RATE,
+        methods=[v.name for v in jobs_pb2.Method.Type.DESCRIPTOR.values if v.number],
     )
 
 

@@ -2,8 +2,10 @@
 completions, in OpenAI's object shapes and error envelope, so the official SDKs
 work with `base_url="http://host:port/v1"` (as they do for vLLM and Ollama).
 
-Lists are OpenAI's cursor pages (`after` = the last id seen); jobs, checkpoints
-and events are newest first, as OpenAI returns them.
+Lists are OpenAI's cursor pages (`after` = the last id seen), each a seek in the
+control plane's index (`after_id`), so a page costs the same at any depth; an `after`
+that names no object of the list is a 400 (param `after`). Jobs, checkpoints, events
+and files are newest first, as OpenAI returns them.
 """
 
 from __future__ import annotations
@@ -22,9 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from bridge.backend import (
     Backend,
     Metadata,
-    after_cursor,
-    collect,
-    each,
+    cursor_page,
     every_page,
     struct_dict,
     unix,
@@ -57,6 +57,8 @@ PARAMS = {
     "model_id": "model",
     "metadata.filename": "file",
     "metadata.purpose": "purpose",
+    "after_id": "after",
+    "order_by": "order",
 }
 
 
@@ -147,9 +149,10 @@ class DpoMethod(BaseModel):
 
 
 class Method(BaseModel):
-    type: Literal["supervised", "dpo"]
+    type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
+    reinforcement: dict[str, Any] | None = None
 
 
 class Wandb(BaseModel):
@@ -159,9 +162,19 @@ class Wandb(BaseModel):
     tags: list[str] | None = None
 
 
+class Mlflow(BaseModel):
+    """An MLflow tracking server (Tunewire's own integration type beside OpenAI's wandb)."""
+
+    tracking_uri: str
+    experiment: str | None = None
+    name: str | None = None
+    tags: list[str] | None = None
+
+
 class Integration(BaseModel):
-    type: Literal["wandb"]
-    wandb: Wandb
+    type: Literal["wandb", "mlflow"]
+    wandb: Wandb | None = None
+    mlflow: Mlflow | None = None
 
 
 class FineTuningJob(BaseModel):
@@ -325,7 +338,11 @@ HyperparametersIn = create_model(
     **{
         row.name: (
             Auto | (Int32 if row.type is int else float) | None,
-            Field(default=None, description=f"{row.doc} Range {row.range}."),
+            Field(
+                default=None,
+                description=f"{row.doc} Range {row.range}."
+                + (f" {row.method.upper()} only (method.type {row.method})." if row.method else ""),
+            ),
         )
         for row in HYPERPARAMETERS
     },
@@ -343,9 +360,16 @@ class MethodIn(Strict):
     reinforcement: dict[str, Any] | None = None
 
 
+class MlflowIn(Mlflow):
+    api_key: str | None = Field(
+        default=None, description="Write-only: sent as MLflow's tracking token, never shown."
+    )
+
+
 class IntegrationIn(Strict):
     type: str
     wandb: Wandb | None = None
+    mlflow: MlflowIn | None = None
 
 
 class CreateJobRequest(Strict):
@@ -452,7 +476,9 @@ def hyperparameters_shown(job: Job) -> Hyperparameters:
 
 def job_object(job: Job) -> FineTuningJob:
     shown = hyperparameters_shown(job)
-    if isinstance(shown, DpoHyperparameters):
+    if job.method.type == jobs_pb2.Method.TYPE_REINFORCEMENT:
+        method = Method(**openai_graders.reinforcement_out(job, shown.model_dump()))
+    elif isinstance(shown, DpoHyperparameters):
         method = Method(type="dpo", dpo=DpoMethod(hyperparameters=shown))
     else:
         method = Method(type="supervised", supervised=SupervisedMethod(hyperparameters=shown))
@@ -479,32 +505,57 @@ def job_object(job: Job) -> FineTuningJob:
         training_file=job.training_file,
         validation_file=job.validation_file or None,
         estimated_finish=unix(job.estimated_finish),
-        integrations=[
-            Integration(
-                type="wandb",
-                wandb=Wandb(
-                    project=i.project,
-                    entity=i.entity or None,
-                    name=i.name or None,
-                    tags=list(i.tags) or None,
-                ),
-            )
-            for i in job.integrations
-        ]
-        or None,
+        integrations=[integration_object(i) for i in job.integrations] or None,
         metadata=dict(job.metadata) or None,
         method=method,
         user_provided_suffix=job.suffix or None,
     )
 
 
+def integration_object(i: jobs_pb2.Integration) -> Integration:
+    tags = list(i.tags) or None
+    if i.type == "mlflow":
+        mlflow = Mlflow(
+            tracking_uri=i.tracking_uri,
+            experiment=i.experiment or None,
+            name=i.name or None,
+            tags=tags,
+        )
+        return Integration(type="mlflow", mlflow=mlflow)
+    wandb = Wandb(project=i.project, entity=i.entity or None, name=i.name or None, tags=tags)
+    return Integration(type="wandb", wandb=wandb)
+
+
+def integration_proto(i: IntegrationIn) -> jobs_pb2.Integration:
+    if i.mlflow is not None:
+        m = i.mlflow
+        return jobs_pb2.Integration(
+            type=i.type,
+            tracking_uri=m.tracking_uri,
+            experiment=m.experiment or "",
+            name=m.name or "",
+            tags=m.tags or [],
+            api_key=m.api_key or "",
+        )
+    w = i.wandb
+    return jobs_pb2.Integration(
+        type=i.type,
+        project=w.project if w else "",
+        entity=(w.entity or "") if w else "",
+        name=(w.name or "") if w else "",
+        tags=(w.tags or []) if w else [],
+    )
+
+
 def job_proto(body: CreateJobRequest) -> Job:
     kind = body.method.type if body.method else "supervised"
-    if kind == "reinforcement":
-        raise ApiError.invalid([("method.type", "reinforcement fine-tuning is not available")])
-    chosen = getattr(body.method, kind, None) if body.method else None
+    spec, own = None, None
+    if kind == "reinforcement":  # its grader and hyperparameters: see openai_graders
+        spec, job_level = openai_graders.reinforcement_in(body.method.reinforcement)  # type: ignore[union-attr]
+        own = openai_graders.job_hyperparameters(HyperparametersIn, job_level)
+    chosen = getattr(body.method, kind, None) if body.method and spec is None else None
     values: dict[str, Any] = {}
-    for given in (body.hyperparameters, chosen.hyperparameters if chosen else None):
+    for given in (body.hyperparameters, chosen.hyperparameters if chosen else None, own):
         if given is not None:
             values.update(given.model_dump(exclude_none=True))
     job = Job(
@@ -514,24 +565,22 @@ def job_proto(body: CreateJobRequest) -> Job:
         suffix=body.suffix or "",
         metadata=body.metadata or {},
         method=jobs_pb2.Method(
-            type=jobs_pb2.Method.TYPE_DPO if kind == "dpo" else jobs_pb2.Method.TYPE_SUPERVISED
+            type=jobs_pb2.Method.TYPE_REINFORCEMENT
+            if spec is not None
+            else jobs_pb2.Method.TYPE_DPO
+            if kind == "dpo"
+            else jobs_pb2.Method.TYPE_SUPERVISED,
+            reinforcement=spec,
         ),
         hyperparameters=jobs_pb2.Hyperparameters(
             **{name: value for name, value in values.items() if value != "auto"}
         ),
-        integrations=[
-            jobs_pb2.Integration(
-                type=i.type,
-                project=i.wandb.project if i.wandb else "",
-                entity=(i.wandb.entity or "") if i.wandb else "",
-                name=(i.wandb.name or "") if i.wandb else "",
-                tags=(i.wandb.tags or []) if i.wandb else [],
-            )
-            for i in body.integrations or []
-        ],
+        integrations=[integration_proto(i) for i in body.integrations or []],
     )
     if body.seed is not None:
         job.seed = body.seed
+    if spec is not None:
+        openai_graders.target_modules(body.method.reinforcement or {}, job)  # type: ignore[union-attr]
     return job
 
 
@@ -595,15 +644,17 @@ async def list_files(
     after: str | None = None,
     order: Literal["asc", "desc"] = "desc",
 ) -> FileList:
+    """Files, newest first (`order=asc`: oldest first): `limit` of them (1 to 10,000,
+    default 10,000, as OpenAI documents) after the file `after`; each page is a seek."""
     if purpose is not None and purpose not in PURPOSE_NAMES.values():
         raise ApiError.invalid([("purpose", f"unknown purpose {purpose!r}")])
     wanted = next((k for k, v in PURPOSE_NAMES.items() if v == purpose), File.PURPOSE_UNSPECIFIED)
-    files = every_page(
-        backend.files.ListFiles, files_pb2.ListFilesRequest(purpose=wanted), "files", auth
+    request = files_pb2.ListFilesRequest(
+        purpose=wanted,
+        order_by="create_time" if order == "asc" else "create_time desc",
+        after_id=after or "",
     )
-    if order == "asc":
-        files = each(reversed(await collect(files)))
-    page, more = await after_cursor(files, after, limit, lambda f: f.id)
+    page, more = await cursor_page(backend.files.ListFiles, request, "files", auth, limit)
     data = [file_object(f) for f in page]
     return FileList(
         data=data,
@@ -694,14 +745,8 @@ async def list_jobs(
         for key, value in request.query_params.multi_items()
         if key.startswith("metadata[") and key.endswith("]")
     }
-    jobs = every_page(
-        backend.jobs.ListJobs,
-        jobs_pb2.ListJobsRequest(metadata=metadata),
-        "jobs",
-        auth,
-        page_size=limit + 1 if after is None else 1000,
-    )
-    page, more = await after_cursor(jobs, after, limit, lambda j: j.id)
+    request = jobs_pb2.ListJobsRequest(metadata=metadata, after_id=after or "")
+    page, more = await cursor_page(backend.jobs.ListJobs, request, "jobs", auth, limit)
     return JobList(data=[job_object(j) for j in page], has_more=more)
 
 
@@ -746,16 +791,11 @@ async def list_events(
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> EventList:
-    """A job's events, newest first (the control plane keeps them oldest first)."""
-    events = await collect(
-        every_page(
-            backend.jobs.ListJobEvents,
-            jobs_pb2.ListJobEventsRequest(job_id=fine_tuning_job_id),
-            "events",
-            auth,
-        )
+    """A job's events, newest first; `after` is an event id (a seek, not a scan)."""
+    request = jobs_pb2.ListJobEventsRequest(
+        job_id=fine_tuning_job_id, order_by="sequence desc", after_id=after or ""
     )
-    page, more = await after_cursor(each(reversed(events)), after, limit, lambda e: e.id)
+    page, more = await cursor_page(backend.jobs.ListJobEvents, request, "events", auth, limit)
     return EventList(data=[event_object(e) for e in page], has_more=more)
 
 
@@ -767,13 +807,10 @@ async def list_checkpoints(
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
 ) -> CheckpointList:
-    checkpoints = every_page(
-        backend.jobs.ListCheckpoints,
-        jobs_pb2.ListCheckpointsRequest(job_id=fine_tuning_job_id),
-        "checkpoints",
-        auth,
+    request = jobs_pb2.ListCheckpointsRequest(job_id=fine_tuning_job_id, after_id=after or "")
+    page, more = await cursor_page(
+        backend.jobs.ListCheckpoints, request, "checkpoints", auth, limit
     )
-    page, more = await after_cursor(checkpoints, after, limit, lambda c: c.id)
     data = [checkpoint_object(c) for c in page]
     return CheckpointList(
         data=data,
@@ -784,6 +821,10 @@ async def list_checkpoints(
 
 
 router.include_router(jobs_router)
+# Graders and reinforcement fine-tuning; imported here, after this module's own names exist.
+from bridge.routes import openai_graders  # noqa: E402
+
+router.include_router(openai_graders.router)
 
 # --- models -----------------------------------------------------------------------------
 

@@ -132,16 +132,22 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
 
     @authenticated
     async def ListFiles(self, request: files_pb2.ListFilesRequest, context):
-        where, params = "org = ?", [caller_org()]
-        if request.purpose:
+        db, org = self.plane.db, caller_org()
+        where, params = "org = ?", [org]
+        if request.purpose:  # files_by_purpose
             where, params = where + " AND purpose = ?", [*params, request.purpose]
-        rows, token = pages.newest_first(
-            self.plane.db,
+        cursor = None
+        if request.after_id:
+            cursor = pages.start_after(db, "files", "org = ?", [org], request.after_id, "file")
+        rows, token = pages.keyset(
+            db,
             "files",
             where,
             params,
             pages.page_size(request.page_size),
             request.page_token,
+            desc=pages.descending(request.order_by),
+            cursor=cursor,
         )
         return files_pb2.ListFilesResponse(
             files=[File.FromString(r["proto"]) for r in rows], next_page_token=token

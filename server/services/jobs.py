@@ -8,12 +8,13 @@ from collections import Counter
 
 import grpc
 
-from server import lifecycle
+from server import integrations, lifecycle
 from server.control_plane import ControlPlane, authenticated, caller_org
 from server.errors import InvalidArgument, Unavailable
 from server.ids import new_id, now, timestamp
 from server.job_spec import check_create, check_metadata
 from server.lifecycle import Event, Job
+from server.secrets import box
 from server.states import FINAL_JOB_STATES, job_state_name
 from server.store import pages
 from server.store.db import write
@@ -22,6 +23,11 @@ from tunewire.v1 import checkpoints_pb2, jobs_pb2, jobs_pb2_grpc
 STREAM_BATCH = 500
 UPDATABLE = frozenset({"metadata"})
 FINAL_NAMES = frozenset(job_state_name(s) for s in FINAL_JOB_STATES)
+
+
+def _final(event: Event) -> bool:
+    """Whether `event` is a job's final state event, its last."""
+    return event.type == Event.TYPE_STATE and event.data["state"] in FINAL_NAMES
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
@@ -51,12 +57,14 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             self.plane.check_base_model(request.job.base_model)  # why, if it is a broken one
         encoders = self.plane.encoder_names()
         job = check_create(db, org, request.job, request.request_id, base_models, encoders)
+        keys = integrations.take_keys(job)  # sealed apart; the job never holds them
         job.id = new_id("ftjob")
         job.organization = org
         job.state = Job.STATE_VALIDATING_FILES
         job.create_time.CopyFrom(timestamp(now()))
         with write(db):
             lifecycle.insert(db, job, request.request_id or None, fingerprint)
+            integrations.save_keys(db, box(self.plane.settings.secret_key_path), job.id, keys)
             self.plane.events.append(
                 job.id,
                 f"Validating training file: {job.training_file}",
@@ -75,18 +83,45 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     @authenticated
     async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context):
-        where, params = "org = ?", [caller_org()]
-        for key, value in sorted(request.metadata.items()):
-            # json_each compares the key as data: no JSON-path quoting to get wrong.
-            where += " AND EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = ? AND value = ?)"
+        org, db = caller_org(), self.plane.db
+        desc = pages.descending(request.order_by)
+        size = pages.page_size(request.page_size)
+        cursor = None
+        if request.after_id:
+            cursor = pages.start_after(db, "jobs", "org = ?", [org], request.after_id, "job")
+        pairs = sorted(request.metadata.items())
+        if not pairs:
+            rows, token = pages.keyset(
+                db, "jobs", "org = ?", [org], size, request.page_token, desc=desc, cursor=cursor
+            )
+            counted = db.execute("SELECT n FROM job_counts WHERE org = ?", [org]).fetchone()
+            return jobs_pb2.ListJobsResponse(
+                jobs=[Job.FromString(r["proto"]) for r in rows],
+                next_page_token=token,
+                total_size=counted[0] if counted else 0,
+            )
+        # The first pair's index (job_metadata_by_pair) gives the order; the other
+        # pairs are looked up by job. Keys and values are compared as data.
+        (key, value), rest = pairs[0], pairs[1:]
+        where, params = "m.org = ? AND m.key = ? AND m.value = ?", [org, key, value]
+        for key, value in rest:
+            where += (
+                " AND EXISTS (SELECT 1 FROM job_metadata AS o"
+                " WHERE o.job_id = m.job_id AND o.key = ? AND o.value = ?)"
+            )
             params += [key, value]
-        rows, token = pages.newest_first(
-            self.plane.db,
-            "jobs",
+        rows, token = pages.keyset(
+            db,
+            "job_metadata AS m JOIN jobs AS j ON j.id = m.job_id",
             where,
             params,
-            pages.page_size(request.page_size),
+            size,
             request.page_token,
+            desc=desc,
+            cursor=cursor,
+            columns="j.proto",
+            time="m.created_at",
+            ident="m.job_id",
         )
         return jobs_pb2.ListJobsResponse(
             jobs=[Job.FromString(r["proto"]) for r in rows], next_page_token=token
@@ -132,16 +167,33 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     @authenticated
     async def ListJobEvents(self, request: jobs_pb2.ListJobEventsRequest, context):
+        events = self.plane.events
         lifecycle.load(self.plane.db, request.job_id, caller_org())
         if request.after_sequence < 0:
             raise InvalidArgument.field("after_sequence", "must not be negative")
-        cursor = request.after_sequence
+        desc = pages.descending(request.order_by, "sequence", default_desc=False)
+        cursor = None
+        if request.page_token and request.after_id:
+            raise InvalidArgument.field("page_token", "give page_token or after_id, not both")
         if request.page_token:
             (cursor,) = pages.decode(request.page_token, 1)
             if not isinstance(cursor, int) or isinstance(cursor, bool):
                 raise InvalidArgument.field("page_token", "is not a token this server issued")
+        elif request.after_id:
+            cursor = events.sequence_of(request.job_id, request.after_id)
+            if cursor is None:
+                raise InvalidArgument.field(
+                    "after_id", f"job {request.job_id!r} has no event {request.after_id!r}"
+                )
         size = pages.page_size(request.page_size)
-        batch = self.plane.events.after(request.job_id, cursor, size + 1)
+        batch = events.page(
+            request.job_id,
+            after=request.after_sequence,
+            cursor=cursor,
+            limit=size + 1,
+            desc=desc,
+            types=list(request.types),
+        )
         token = pages.encode([batch[size - 1].sequence]) if len(batch) > size else ""
         return jobs_pb2.ListJobEventsResponse(events=batch[:size], next_page_token=token)
 
@@ -153,6 +205,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         lifecycle.load(db, request.job_id, caller_org())
         if request.after_sequence < 0:
             raise InvalidArgument.field("after_sequence", "must not be negative")
+        if not 0 <= request.max_batch_size <= pages.MAX_PAGE_SIZE:
+            raise InvalidArgument.field("max_batch_size", f"must be in [0, {pages.MAX_PAGE_SIZE}]")
+        per_message = max(request.max_batch_size, 1)
         cursor, progressed = request.after_sequence, False
         self._watching[request.job_id] += 1
         try:
@@ -160,12 +215,17 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 # Take the signal before reading: an append after the read sets it.
                 signal = events.signal(request.job_id)
                 batch = events.after(request.job_id, cursor, STREAM_BATCH)
-                for event in batch:
-                    yield jobs_pb2.StreamJobEventsResponse(event=event)
-                    cursor, progressed = event.sequence, True
-                    # The final state event is the job's last: the stream ends with it.
-                    if event.type == Event.TYPE_STATE and event.data["state"] in FINAL_NAMES:
-                        return
+                # The final state event is the job's last: the stream ends with it.
+                end = next((i + 1 for i, e in enumerate(batch) if _final(e)), None)
+                for start in range(0, end or len(batch), per_message):
+                    sent = batch[start : min(start + per_message, end or len(batch))]
+                    if request.max_batch_size > 1:
+                        yield jobs_pb2.StreamJobEventsResponse(events=sent)
+                    else:
+                        yield jobs_pb2.StreamJobEventsResponse(event=sent[0])
+                    cursor, progressed = sent[-1].sequence, True
+                if end is not None:
+                    return
                 if batch:
                     continue
                 # A wake that brought nothing new: the job may have ended at or
@@ -188,14 +248,22 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     @authenticated
     async def ListCheckpoints(self, request: jobs_pb2.ListCheckpointsRequest, context):
-        lifecycle.load(self.plane.db, request.job_id, caller_org())
-        rows, token = pages.newest_first(
-            self.plane.db,
+        db = self.plane.db
+        lifecycle.load(db, request.job_id, caller_org())
+        cursor = None
+        if request.after_id:
+            cursor = pages.start_after(
+                db, "checkpoints", "job_id = ?", [request.job_id], request.after_id, "checkpoint"
+            )
+        rows, token = pages.keyset(
+            db,
             "checkpoints",
             "job_id = ?",
             [request.job_id],
             pages.page_size(request.page_size, default=10),
             request.page_token,
+            desc=pages.descending(request.order_by),
+            cursor=cursor,
         )
         return jobs_pb2.ListCheckpointsResponse(
             checkpoints=[checkpoints_pb2.Checkpoint.FromString(r["proto"]) for r in rows],

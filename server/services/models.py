@@ -138,14 +138,21 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
 
     @authenticated
     async def ListModels(self, request: models_pb2.ListModelsRequest, context):
-        rows, token = pages.newest_first(
-            self.plane.db,
+        db, org = self.plane.db, caller_org()
+        # Checkpoint models resolve by name but are not listed, as in OpenAI's API.
+        listed = "org = ? AND checkpoint_id IS NULL"  # models_listed
+        cursor = None
+        if request.after_id:
+            cursor = pages.start_after(db, "models", listed, [org], request.after_id, "model")
+        rows, token = pages.keyset(
+            db,
             "models",
-            # Checkpoint models resolve by name but are not listed, as in OpenAI's API.
-            "org = ? AND checkpoint_id IS NULL",
-            [caller_org()],
+            listed,
+            [org],
             pages.page_size(request.page_size),
             request.page_token,
+            desc=pages.descending(request.order_by),
+            cursor=cursor,
         )
         return models_pb2.ListModelsResponse(
             models=[FineTunedModel.FromString(r["proto"]) for r in rows], next_page_token=token

@@ -13,16 +13,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import time
+from typing import Any
 
 from google.protobuf import json_format
 
-from server import exports, lifecycle, registry
+from server import exports, integrations, lifecycle, registry
 from server.control_plane import ControlPlane
 from server.errors import FailedPrecondition, InvalidArgument, Unauthenticated
 from server.ids import new_id, now, timestamp
 from server.lifecycle import Event, Job
 from server.rpc import rpc
+from server.secrets import box
 from server.store.db import write
 from tunewire.v1 import (
     checkpoints_pb2,
@@ -62,15 +65,34 @@ def kind_of(lease: Lease) -> int:
     return lease.kind or Kind.KIND_TRAIN
 
 
-def results_file_id(lease: Lease) -> str:
-    """The id of the metrics file a training lease writes: derived from the lease, so the
-    worker can be told where to write it before the control plane records it."""
-    digest = hashlib.sha256(f"{lease.job_id}:{lease.epoch}:results".encode()).hexdigest()
+def results_file_id(lease: Lease, kind: str = "results") -> str:
+    """The id of a result file a training lease writes (the metrics CSV, or a tracking
+    archive: `integrations.TRACKING_FILES`): derived from the lease, so the worker can be
+    told where to write it before the control plane records it."""
+    digest = hashlib.sha256(f"{lease.job_id}:{lease.epoch}:{kind}".encode()).hexdigest()
     return f"file-{digest[:24]}"
 
 
 def not_current(lease: Lease) -> FailedPrecondition:
     return FailedPrecondition(f"lease epoch {lease.epoch} of {lease.job_id!r} is not current")
+
+
+def metrics_message(step: int, total_steps: int, metrics: dict[str, Any]) -> str:
+    """`Step 3/10: training loss=0.52` as OpenAI writes it; a DPO step adds what tells
+    its progress: how often the preferred output wins, and by how much."""
+    message = f"Step {step}/{total_steps}: training loss={metrics.get('train_loss', math.nan):.2f}"
+    if "train_reward_accuracy" in metrics:
+        message += (
+            f", reward accuracy={metrics['train_reward_accuracy']:.2f}"
+            f", margin={metrics.get('train_reward_margin', math.nan):.2f}"
+        )
+    if "train_reward_mean" in metrics:  # reinforcement: the graded reward and its spread
+        message += (
+            f", reward={metrics['train_reward_mean']:.2f}"
+            f" ± {metrics.get('train_reward_std', math.nan):.2f}"
+            f", kl={metrics.get('train_kl', math.nan):.3f}"
+        )
+    return message
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
@@ -297,6 +319,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             checkpoint_prefix=f"checkpoints/{job.id}/attempt-{lease.epoch}",
             model_prefix=registry.adapter_prefix(job.id),
             results_file=f"files/{results_file_id(lease)}",
+            tracking_files={
+                kind: f"files/{results_file_id(lease, kind)}"
+                for kind in integrations.TRACKING_FILES
+            },
+            integrations=integrations.with_keys(db, box(self.plane.settings.secret_key_path), job),
         )
 
     def _lease_export(self) -> worker_pb2.AcquireLeaseResponse | None:
@@ -365,7 +392,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 job.id,
                 f"Training plan: {hp.n_epochs} epoch(s), batch size {hp.batch_size}, "
                 f"learning rate multiplier {hp.learning_rate_multiplier:g}, "
-                f"{request.total_steps} steps"
+                + (f"beta {hp.beta:g}, " if hp.HasField("beta") else "")
+                + f"{request.total_steps} steps"
                 + (f"; resuming at step {request.start_step}" if request.start_step else ""),
                 data={
                     **json_format.MessageToDict(hp, preserving_proto_field_name=True),
@@ -405,8 +433,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             job = self._leased(request.lease)
             appended = self.plane.events.append(
                 job.id,
-                f"Step {request.step}/{request.total_steps}: "
-                f"training loss={metrics.get('train_loss', float('nan')):.2f}",
+                metrics_message(request.step, request.total_steps, metrics),
                 type=Event.TYPE_METRICS,
                 data={
                     "step": request.step,
@@ -603,6 +630,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         job.trained_tokens = request.trained_tokens
         if request.HasField("metrics_csv"):
             job.result_files.append(self._results_file(job, request))
+        for kind in integrations.TRACKING_FILES:  # TensorBoard, a W&B offline run
+            if kind in request.tracking_files:
+                job.result_files.append(self._tracking_file(job, request, kind))
         self.plane.events.append(
             job.id, f"New fine-tuned model created: {name}", data={"model": name}
         )
@@ -615,6 +645,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             purpose=files_pb2.File.PURPOSE_FINE_TUNE_RESULTS,
             bytes=request.metrics_csv.bytes,
             sha256=request.metrics_csv.sha256,
+            state=files_pb2.File.STATE_PROCESSED,
+            create_time=timestamp(now()),
+        )
+        self.plane.save_file(record, job.organization)
+        return record.id
+
+    def _tracking_file(self, job: Job, request: worker_pb2.ReportResultRequest, kind: str) -> str:
+        """Record a tracking archive the worker wrote (`tracking_files[kind]`)."""
+        written = request.tracking_files[kind]
+        record = files_pb2.File(
+            id=results_file_id(request.lease, kind),
+            filename=f"{job.id}-{kind}.tar.gz",
+            purpose=files_pb2.File.PURPOSE_FINE_TUNE_RESULTS,
+            bytes=written.bytes,
+            sha256=written.sha256,
             state=files_pb2.File.STATE_PROCESSED,
             create_time=timestamp(now()),
         )

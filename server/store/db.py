@@ -51,7 +51,10 @@ def migrate(db: sqlite_utils.Database) -> None:
         if version in done:
             continue
         with write(db):
-            for statement in script.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            if callable(script):
+                script(db)
+            else:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
             db.execute("INSERT INTO schema_migrations (version) VALUES (?)", [version])

@@ -2,9 +2,82 @@
 
 Records are stored as their protobuf message (`proto` column) next to the
 columns that queries filter and order on, so the API shape has one source.
+A migration is SQL (statements split at `;`), or a function of the database for
+one that must read the stored messages; each runs in its own transaction.
 """
 
-MIGRATIONS: list[str] = [
+from collections.abc import Callable
+
+import sqlite_utils
+
+from tunewire.v1 import events_pb2
+
+
+def _lists_by_cursor(db: sqlite_utils.Database) -> None:
+    """Filters and cursors every list needs, each answered from an index:
+    files by purpose; listed (non-checkpoint) models; checkpoints by job; jobs by a
+    metadata pair (`job_metadata`, kept by triggers); jobs counted per org
+    (`job_counts`, for total_size); events by id (OpenAI's `after`) and by type."""
+    for statement in (
+        "CREATE INDEX files_by_purpose ON files (org, purpose, created_at DESC, id DESC)",
+        "CREATE INDEX models_listed ON models (org, created_at DESC, id DESC)"
+        " WHERE checkpoint_id IS NULL",
+        "CREATE INDEX checkpoints_by_job ON checkpoints (job_id, created_at DESC, id DESC)",
+        """CREATE TABLE job_metadata (
+            job_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            org TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (job_id, key)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX job_metadata_by_pair"
+        " ON job_metadata (org, key, value, created_at DESC, job_id DESC)",
+        """CREATE TRIGGER job_metadata_on_insert AFTER INSERT ON jobs BEGIN
+            INSERT INTO job_metadata (job_id, key, value, org, created_at)
+            SELECT NEW.id, key, value, NEW.org, NEW.created_at FROM json_each(NEW.metadata);
+        END""",
+        """CREATE TRIGGER job_metadata_on_update AFTER UPDATE OF metadata ON jobs BEGIN
+            DELETE FROM job_metadata WHERE job_id = NEW.id;
+            INSERT INTO job_metadata (job_id, key, value, org, created_at)
+            SELECT NEW.id, key, value, NEW.org, NEW.created_at FROM json_each(NEW.metadata);
+        END""",
+        "INSERT INTO job_metadata (job_id, key, value, org, created_at)"
+        " SELECT jobs.id, pair.key, pair.value, jobs.org, jobs.created_at"
+        " FROM jobs, json_each(jobs.metadata) AS pair",
+        "CREATE TABLE job_counts (org TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+        """CREATE TRIGGER job_counts_on_insert AFTER INSERT ON jobs BEGIN
+            INSERT INTO job_counts (org, n) VALUES (NEW.org, 1)
+            ON CONFLICT (org) DO UPDATE SET n = n + 1;
+        END""",
+        """CREATE TRIGGER job_counts_on_delete AFTER DELETE ON jobs BEGIN
+            UPDATE job_counts SET n = n - 1 WHERE org = OLD.org;
+        END""",
+        "INSERT INTO job_counts (org, n) SELECT org, COUNT(*) FROM jobs GROUP BY org",
+        "ALTER TABLE events ADD COLUMN id TEXT",
+        "ALTER TABLE events ADD COLUMN type INTEGER NOT NULL DEFAULT 0",
+    ):
+        db.execute(statement)
+    position: tuple[str, int] = ("", 0)
+    while rows := db.execute(
+        "SELECT parent, sequence, proto FROM events WHERE (parent, sequence) > (?, ?)"
+        " ORDER BY parent, sequence LIMIT 5000",
+        position,
+    ).fetchall():
+        position = rows[-1][:2]
+        db.conn.executemany(
+            "UPDATE events SET id = ?, type = ? WHERE parent = ? AND sequence = ?",
+            [
+                (event.id, event.type, parent, sequence)
+                for parent, sequence, proto in rows
+                for event in [events_pb2.Event.FromString(proto)]
+            ],
+        )
+    db.execute("CREATE UNIQUE INDEX events_by_id ON events (id)")
+    db.execute("CREATE INDEX events_by_type ON events (parent, type, sequence)")
+
+
+MIGRATIONS: list[str | Callable[[sqlite_utils.Database], None]] = [
     # 1: keys, files, jobs, events, checkpoints, models, exports
     """
     CREATE TABLE api_keys (
@@ -98,5 +171,37 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE checkpoints ADD COLUMN files TEXT;
     ALTER TABLE checkpoints ADD COLUMN damaged TEXT
+    """,
+    # 5: every list costs the same at 100 and at 100,000 rows (see _lists_by_cursor).
+    _lists_by_cursor,
+    # 6: webhooks (endpoints; deliveries, the outbox that the sender drains and the log
+    # their owners read) and sealed secrets (server/secrets.py), kept apart from the rows
+    # they belong to.
+    """
+    CREATE TABLE secrets (
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        PRIMARY KEY (owner, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE webhook_endpoints (
+        id TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        proto BLOB NOT NULL
+    );
+    CREATE INDEX webhook_endpoints_by_org ON webhook_endpoints (org, created_at DESC, id DESC);
+    CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        endpoint_id TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        next_attempt_at REAL,
+        proto BLOB NOT NULL
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_attempt_at);
+    CREATE INDEX webhook_deliveries_by_endpoint
+        ON webhook_deliveries (endpoint_id, created_at DESC, id DESC)
     """,
 ]

@@ -47,6 +47,74 @@ def decode(token: str, arity: int) -> list[Any]:
     return cursor
 
 
+def descending(order_by: str, column: str = "create_time", default_desc: bool = True) -> bool:
+    """An `order_by` of one column (AIP-132): `column`, `column asc` or `column desc`;
+    empty for the default. True for newest (highest) first."""
+    name, _, direction = order_by.strip().partition(" ")
+    direction = direction.strip().lower()
+    if not name:
+        return default_desc
+    if name != column or direction not in ("", "asc", "desc"):
+        raise InvalidArgument.field(
+            "order_by", f"must be {column!r} or {column + ' desc'!r}, not {order_by!r}"
+        )
+    return direction == "desc"
+
+
+def start_after(
+    db: sqlite_utils.Database, table: str, scope: str, params: list[Any], ident: str, noun: str
+) -> list[Any]:
+    """The keyset cursor of the row `ident` (an id cursor, OpenAI's `after`): one index
+    lookup. A row outside `scope` (another org's, or none) is refused, never an empty page."""
+    row = db.execute(
+        f"SELECT created_at, id FROM {table} WHERE id = ? AND {scope}", [ident, *params]
+    ).fetchone()
+    if row is None:
+        raise InvalidArgument.field("after_id", f"no {noun} {ident!r} to start after")
+    return list(row)
+
+
+def keyset(
+    db: sqlite_utils.Database,
+    source: str,
+    where: str,
+    params: list[Any],
+    size: int,
+    token: str,
+    *,
+    desc: bool = True,
+    cursor: list[Any] | None = None,
+    columns: str = "*",
+    time: str = "created_at",
+    ident: str = "id",
+) -> tuple[list[dict], str]:
+    """One page of rows from `source` matching `where`, ordered by (`time`, `ident`) and
+    the next token. The page starts after the token's position, or after `cursor` (an
+    id cursor's `start_after`); either is a seek in the index, so page 1,000 costs what
+    page 1 does."""
+    if token and cursor is not None:
+        raise InvalidArgument.field("page_token", "give page_token or after_id, not both")
+    if token:
+        cursor = decode(token, 2)
+        if isinstance(cursor[0], str) or not isinstance(cursor[1], str):
+            raise _bad_token()
+    if cursor is not None:
+        where += f" AND ({time}, {ident}) {'<' if desc else '>'} (?, ?)"
+        params = [*params, *cursor]
+    way = "DESC" if desc else "ASC"
+    rows = list(
+        db.query(
+            f"SELECT {columns}, {time} AS cursor_time, {ident} AS cursor_id"
+            f" FROM {source} WHERE {where} ORDER BY {time} {way}, {ident} {way} LIMIT ?",
+            [*params, size + 1],
+        )
+    )
+    if len(rows) <= size:
+        return rows, ""
+    last = rows[size - 1]
+    return rows[:size], encode([last["cursor_time"], last["cursor_id"]])
+
+
 def newest_first(
     db: sqlite_utils.Database,
     table: str,
@@ -56,19 +124,4 @@ def newest_first(
     token: str,
 ) -> tuple[list[dict], str]:
     """One page of `table` rows matching `where`, newest first, and the next token."""
-    if token:
-        created_at, ident = decode(token, 2)
-        if isinstance(created_at, str) or not isinstance(ident, str):
-            raise _bad_token()
-        where += " AND (created_at, id) < (?, ?)"
-        params = [*params, created_at, ident]
-    rows = list(
-        db.query(
-            f"SELECT * FROM {table} WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?",
-            [*params, size + 1],
-        )
-    )
-    if len(rows) <= size:
-        return rows, ""
-    last = rows[size - 1]
-    return rows[:size], encode([last["created_at"], last["id"]])
+    return keyset(db, table, where, params, size, token)

@@ -26,6 +26,7 @@ from trainer.checkpoints import (
 )
 from trainer.distributed import data_parallel
 from trainer.recipe import Callbacks, RunInfo, train
+from trainer.worker import tracking
 from trainer.worker.lease import Lease, Outcome, is_nan, struct
 from trainer.worker.ranks import LocalRanks, NoRoom, RankWork
 from tunewire.v1 import checkpoints_pb2, common_pb2, jobs_pb2, worker_pb2
@@ -74,6 +75,7 @@ def train_args(work: worker_pb2.TrainWork, place: Place, epoch: int) -> TrainArg
         "output_dir": str(place.scratch / "jobs" / job.id / f"attempt-{epoch}"),
         "seed": job.seed,
         "method": "dpo" if job.method.type == jobs_pb2.Method.TYPE_DPO else "supervised",
+        "reinforcement": _reinforcement(job),
         "device": DEVICES[job.compute.gpus_per_worker]
         if job.compute.HasField("gpus_per_worker")
         else "auto",
@@ -91,7 +93,19 @@ def train_args(work: worker_pb2.TrainWork, place: Place, epoch: int) -> TrainArg
         values["target_modules"] = TargetModules.Name(hp.target_modules).removeprefix(
             "TARGET_MODULES_"
         )
+    if values["reinforcement"] is not None:
+        values["method"] = "reinforcement"
+        values["eval_every_steps"] = values["reinforcement"].get("eval_interval", 0)
     return TrainArgs(**values)
+
+
+def _reinforcement(job: jobs_pb2.Job) -> dict[str, Any] | None:
+    """A reinforcement job's spec as TrainArgs takes it (its method, too: see train_args)."""
+    if job.method.type != jobs_pb2.Method.TYPE_REINFORCEMENT:
+        return None
+    from server.graders import spec_json
+
+    return spec_json(job)
 
 
 def _fetch_checkpoint(blobs: BlobStore, key: str, cache: Path) -> str:
@@ -139,6 +153,7 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
             start_step=info.resumed_from_step,
             seed=args.seed,
         )
+        track.start(_run_config(work, args, used, info.total_steps))
 
     def on_metrics(
         *, step: int, total_steps: int, epoch: float, tokens_trained: int, **metrics: float
@@ -153,6 +168,7 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
             metrics=struct(metrics),
             trained_tokens=tokens_trained,
         )
+        track.metrics(step, {**metrics, "epoch": epoch, "trained_tokens": tokens_trained})
 
     def on_event(level: str, message: str, data: dict[str, Any]) -> None:
         lease.event(message, data, level=level, key=f"event:{message}")
@@ -170,6 +186,8 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
                 f"reward accuracy={method_metrics['valid_reward_accuracy']:.2f}, "
                 f"margin={method_metrics['valid_reward_margin']:.2f}"
             )
+        elif "valid_reward_mean" in method_metrics:  # reinforcement: the graded reward
+            message = f"Step {step}: validation reward={method_metrics['valid_reward_mean']:.2f}"
         else:
             message += f"accuracy={valid_mean_token_accuracy:.2f}"
         lease.event(
@@ -181,6 +199,14 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
                 **method_metrics,
             },
             key=f"validation:{step}",
+        )
+        track.metrics(
+            step,
+            {
+                "valid_loss": valid_loss,
+                "valid_mean_token_accuracy": valid_mean_token_accuracy,
+                **method_metrics,
+            },
         )
 
     def on_checkpoint(*, step: int, epoch: float, path: Path, metrics: dict[str, float]):
@@ -202,12 +228,16 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
             adapter=adapter,
             adapter_artifacts=files,
         )
+        track.checkpoint(step, metrics)
         _prune(blobs, work.checkpoint_prefix, path.parent)
 
     world = work.job.compute.workers or 1
     if problem := _compute_problem(args.device, world, place.ranks):
         lease.fail("invalid_compute", problem, param="compute.gpus_per_worker")
         return
+    # TensorBoard and the job's integrations, on this rank only; they never block it.
+    track = tracking.for_attempt(work, Path(args.output_dir) / "tracking", _report_to(lease))
+    result = None
     try:
         with _ranks(work, place, lease.lease.epoch, world, args.device) as pids:
             if pids:
@@ -236,6 +266,8 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
     except NoRoom as error:  # the cluster may have room on the next attempt
         lease.fail("training_error", str(error), param="compute.workers")
         return
+    finally:  # however the attempt ended: end its runs, keep its tracking files
+        _end_tracking(track, result, lease, work, place)
     if lease.lost.is_set():
         return
     finished: dict[str, Any] = {}
@@ -245,12 +277,73 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
         finished["artifacts"] = blobs.put_dir(result.adapter_dir, adapter)
     if result.status == "succeeded" and result.metrics_csv is not None:
         finished["metrics_csv"] = _put_file(blobs, result.metrics_csv, work.results_file)
+    if result.status == "succeeded":
+        finished["tracking_files"] = _tracking_files(lease, work, place)
     lease.call(
         "ReportResult",
         outcome=OUTCOMES[result.status],
         trained_tokens=result.trained_tokens,
         **finished,
     )
+
+
+def _run_config(
+    work: worker_pb2.TrainWork, args: TrainArgs, used: dict[str, Any], total_steps: int
+) -> dict[str, Any]:
+    """What trackers record as the run's configuration: the resolved hyperparameters and
+    what the job trains."""
+    job = work.job
+    return {
+        **used,
+        "target_modules": args.target_modules,
+        "seed": args.seed,
+        "total_steps": total_steps,
+        "method": args.method,
+        "base_model": work.base_model,
+        "job_id": job.id,
+        "training_file": job.training_file,
+        "validation_file": job.validation_file,
+    }
+
+
+def _report_to(lease: Lease) -> tracking.Report:
+    """Trackers' events, from their threads; an event that cannot be sent is only logged."""
+
+    def report(level: str, message: str, data: dict[str, Any]) -> None:
+        try:
+            lease.event(message, data, level=level)
+        except Exception as error:  # noqa: BLE001 - a lost lease or a control plane away
+            log.warning("tracking event not sent", extra={"fields": {"error": str(error)}})
+
+    return report
+
+
+def _end_tracking(
+    track: tracking.Tracking, result: Any, lease: Lease, work: worker_pb2.TrainWork, place: Place
+) -> None:
+    status = result.status if result is not None else "failed"
+    done = result is not None and result.status == "succeeded"
+    track.close(status, result.adapter_dir if done else None)
+    try:
+        track.keep(place.blobs, work.job.id, lease.lease.epoch)
+    except Exception as error:  # noqa: BLE001 - the job's outcome does not depend on it
+        log.warning("tracking files not kept", extra={"fields": {"error": str(error)}})
+
+
+def _tracking_files(
+    lease: Lease, work: worker_pb2.TrainWork, place: Place
+) -> dict[str, common_pb2.Artifact]:
+    """The job's tracking archives (every attempt's files) as result files."""
+    try:
+        return tracking.result_files(place.blobs, work, place.cache, _put_file)
+    except Exception as error:  # noqa: BLE001 - the model is trained; say what is missing
+        log.exception("tracking archives failed")
+        lease.event(
+            f"The tracking files could not be archived ({type(error).__name__}: {error})",
+            {},
+            level="warn",
+        )
+        return {}
 
 
 def _compute_problem(device: str, world: int, ranks: str) -> str:

@@ -7,6 +7,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from tunewire.v1 import checkpoints_pb2 as _checkpoints_pb2
 from tunewire.v1 import common_pb2 as _common_pb2
 from tunewire.v1 import events_pb2 as _events_pb2
+from tunewire.v1 import graders_pb2 as _graders_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -90,20 +91,40 @@ class Job(_message.Message):
     def __init__(self, id: _Optional[str] = ..., base_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., seed: _Optional[int] = ..., suffix: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., integrations: _Optional[_Iterable[_Union[Integration, _Mapping]]] = ..., state: _Optional[_Union[Job.State, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., fine_tuned_model: _Optional[str] = ..., trained_tokens: _Optional[int] = ..., result_files: _Optional[_Iterable[str]] = ..., organization: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimated_finish: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., compute: _Optional[_Union[Compute, _Mapping]] = ...) -> None: ...
 
 class Method(_message.Message):
-    __slots__ = ("type",)
+    __slots__ = ("type", "reinforcement")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNSPECIFIED: _ClassVar[Method.Type]
         TYPE_SUPERVISED: _ClassVar[Method.Type]
         TYPE_DPO: _ClassVar[Method.Type]
         TYPE_CLASSIFICATION: _ClassVar[Method.Type]
+        TYPE_REINFORCEMENT: _ClassVar[Method.Type]
     TYPE_UNSPECIFIED: Method.Type
     TYPE_SUPERVISED: Method.Type
     TYPE_DPO: Method.Type
     TYPE_CLASSIFICATION: Method.Type
+    TYPE_REINFORCEMENT: Method.Type
     TYPE_FIELD_NUMBER: _ClassVar[int]
+    REINFORCEMENT_FIELD_NUMBER: _ClassVar[int]
     type: Method.Type
-    def __init__(self, type: _Optional[_Union[Method.Type, str]] = ...) -> None: ...
+    reinforcement: Reinforcement
+    def __init__(self, type: _Optional[_Union[Method.Type, str]] = ..., reinforcement: _Optional[_Union[Reinforcement, _Mapping]] = ...) -> None: ...
+
+class Reinforcement(_message.Message):
+    __slots__ = ("grader", "eval_interval", "eval_samples", "compute_multiplier", "max_completion_tokens", "reasoning_effort")
+    GRADER_FIELD_NUMBER: _ClassVar[int]
+    EVAL_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    EVAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    MAX_COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REASONING_EFFORT_FIELD_NUMBER: _ClassVar[int]
+    grader: _graders_pb2.Grader
+    eval_interval: int
+    eval_samples: int
+    compute_multiplier: float
+    max_completion_tokens: int
+    reasoning_effort: str
+    def __init__(self, grader: _Optional[_Union[_graders_pb2.Grader, _Mapping]] = ..., eval_interval: _Optional[int] = ..., eval_samples: _Optional[int] = ..., compute_multiplier: _Optional[float] = ..., max_completion_tokens: _Optional[int] = ..., reasoning_effort: _Optional[str] = ...) -> None: ...
 
 class Compute(_message.Message):
     __slots__ = ("workers", "gpus_per_worker", "sharding")
@@ -160,18 +181,26 @@ class Hyperparameters(_message.Message):
     def __init__(self, n_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate_multiplier: _Optional[float] = ..., beta: _Optional[float] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., target_modules: _Optional[_Union[Hyperparameters.TargetModules, str]] = ..., early_stopping_patience: _Optional[int] = ..., early_stopping_threshold: _Optional[float] = ..., checkpoint_every_steps: _Optional[int] = ...) -> None: ...
 
 class Integration(_message.Message):
-    __slots__ = ("type", "project", "entity", "name", "tags")
+    __slots__ = ("type", "project", "entity", "name", "tags", "tracking_uri", "experiment", "api_key", "has_api_key")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     ENTITY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_URI_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    HAS_API_KEY_FIELD_NUMBER: _ClassVar[int]
     type: str
     project: str
     entity: str
     name: str
     tags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, type: _Optional[str] = ..., project: _Optional[str] = ..., entity: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+    tracking_uri: str
+    experiment: str
+    api_key: str
+    has_api_key: bool
+    def __init__(self, type: _Optional[str] = ..., project: _Optional[str] = ..., entity: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., tracking_uri: _Optional[str] = ..., experiment: _Optional[str] = ..., api_key: _Optional[str] = ..., has_api_key: _Optional[bool] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("step", "total_steps", "epoch", "attempt")

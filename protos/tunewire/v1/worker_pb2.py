@@ -32,7 +32,7 @@ from tunewire.v1 import jobs_pb2 as tunewire_dot_v1_dot_jobs__pb2
 from tunewire.v1 import models_pb2 as tunewire_dot_v1_dot_models__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tunewire/v1/worker.proto\x12\x0btunewire.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1dtunewire/v1/checkpoints.proto\x1a\x18tunewire/v1/common.proto\x1a\x18tunewire/v1/events.proto\x1a\x19tunewire/v1/exports.proto\x1a\x16tunewire/v1/jobs.proto\x1a\x18tunewire/v1/models.proto\"\xc2\x01\n\x05Lease\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\x12\x1a\n\x05\x65poch\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02R\x05\x65poch\x12\x31\n\x04kind\x18\x03 \x01(\x0e\x32\x17.tunewire.v1.Lease.KindB\x04\xe2\x41\x01\x02R\x04kind\"M\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_TRAIN\x10\x01\x12\x0f\n\x0bKIND_EXPORT\x10\x02\x12\x0e\n\nKIND_SERVE\x10\x03\"\xa9\x01\n\nWorkerInfo\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12\x33\n\x05kinds\x18\x02 \x03(\x0e\x32\x17.tunewire.v1.Lease.KindB\x04\xe2\x41\x01\x02R\x05kinds\x12\x16\n\x03pid\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x01R\x03pid\x12\x18\n\x04host\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01R\x04host\x12\x1e\n\x07\x61\x64\x64ress\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01R\x07\x61\x64\x64ress\"u\n\x13\x41\x63quireLeaseRequest\x12\x35\n\x06worker\x18\x01 \x01(\x0b\x32\x17.tunewire.v1.WorkerInfoB\x04\xe2\x41\x01\x02R\x06worker\x12\'\n\x0cwait_seconds\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x01R\x0bwaitSeconds\"\x88\x02\n\x14\x41\x63quireLeaseResponse\x12(\n\x05lease\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.LeaseR\x05lease\x12+\n\x11heartbeat_seconds\x18\x02 \x01(\x01R\x10heartbeatSeconds\x12.\n\x05train\x18\x03 \x01(\x0b\x32\x16.tunewire.v1.TrainWorkH\x00R\x05train\x12\x31\n\x06\x65xport\x18\x04 \x01(\x0b\x32\x17.tunewire.v1.ExportWorkH\x00R\x06\x65xport\x12.\n\x05serve\x18\x05 \x01(\x0b\x32\x16.tunewire.v1.ServeWorkH\x00R\x05serveB\x06\n\x04work\"7\n\x07\x42lobRef\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x1a\n\x08\x66ilename\x18\x02 \x01(\tR\x08\x66ilename\"\xe8\x02\n\tTrainWork\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x10.tunewire.v1.JobR\x03job\x12\x1d\n\nbase_model\x18\x02 \x01(\tR\tbaseModel\x12\x39\n\rtraining_file\x18\x03 \x01(\x0b\x32\x14.tunewire.v1.BlobRefR\x0ctrainingFile\x12=\n\x0fvalidation_file\x18\x04 \x01(\x0b\x32\x14.tunewire.v1.BlobRefR\x0evalidationFile\x12+\n\x11resume_checkpoint\x18\x05 \x01(\tR\x10resumeCheckpoint\x12+\n\x11\x63heckpoint_prefix\x18\x06 \x01(\tR\x10\x63heckpointPrefix\x12!\n\x0cmodel_prefix\x18\x07 \x01(\tR\x0bmodelPrefix\x12!\n\x0cresults_file\x18\x08 \x01(\tR\x0bresultsFile\"\x8a\x01\n\nExportWork\x12+\n\x06\x65xport\x18\x01 \x01(\x0b\x32\x13.tunewire.v1.ExportR\x06\x65xport\x12\x1d\n\nbase_model\x18\x02 \x01(\tR\tbaseModel\x12\x18\n\x07\x61\x64\x61pter\x18\x03 \x01(\tR\x07\x61\x64\x61pter\x12\x16\n\x06output\x18\x04 \x01(\tR\x06output\"\x0b\n\tServeWork\"B\n\x10HeartbeatRequest\x12.\n\x05lease\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.LeaseB\x04\xe2\x41\x01\x02R\x05lease\"C\n\x11HeartbeatResponse\x12.\n\x07\x63ommand\x18\x01 \x01(\x0e\x32\x14.tunewire.v1.CommandR\x07\x63ommand\"\xf7\x01\n\x11ReportPlanRequest\x12.\n\x05lease\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.LeaseB\x04\xe2\x41\x01\x02R\x05lease\x12L\n\x0fhyperparameters\x18\x02 \x01(\x0b\x32\x1c.tunewire.v1.HyperparametersB\x04\xe2\x41\x01\x02R\x0fhyperparameters\x12%\n\x0btotal_steps\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02R\ntotalSteps\x12#\n\nstart_step\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01R\tstartStep\x12\x18\n\x04seed\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x02R\x04seed\"\x14\n\x12ReportPlanResponse\"\xf2\x01\n\x12ReportEventRequest\x12.\n\x05lease\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.LeaseB\x04\xe2\x41\x01\x02R\x05lease\x12\x34\n\x05level\x18\x02 \x01(\x0e\x32\x18.tunewire.v1.Event.LevelB\x04\xe2\x41\x01\x02R\x05level\x12\x1e\n\x07message\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02R\x07message\x12\x31\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01R\x04\x64\x61ta\x12#\n\ndedupe_key\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01R\tdedupeKey\"\x15\n\x13ReportEventResponse\"\x89\x02\n\x14ReportMetricsRequest\x12.\n\x05lease\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.LeaseB\x04\xe2\x41\x01\x02R\x05lease\x12\x18\n\x04step\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02R\x04step\x12%\n\x0btotal_steps\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02R\ntotalSteps\x12\x1a\n\x05\x65poch\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x02R\x05\x65poch\x12\x37\n\x07metrics\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x02R\x07metrics\x12+\n\x0etrained_tokens\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x02R\rtrainedTokens\"\x17\n\x15ReportMetricsResponse\"\xde\x02\n\x17ReportCheckpointRequest\x12.\n\x05lease\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.LeaseB\x04\xe2\x41\x01\x02R\x05lease\x12\x18\n\x04step\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02R\x04step\x12\x1a\n\x05\x65poch\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x02R\x05\x65poch\x12\x18\n\x04path\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02R\x04path\x12?\n\x07metrics\x18\x05 \x01(\x0b\x32\x1f.tunewire.v1.Checkpoint.MetricsB\x04\xe2\x41\x01\x01R\x07metrics\x12\x18\n\x04\x62\x65st\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x01R\x04\x62\x65st\x12\x1e\n\x07\x61\x64\x61pter\x18\x07 \x01(\tB\x04\xe2\x41\x01\x02R\x07\x61\x64\x61pter\x12H\n\x11\x61\x64\x61pter_artifacts\x18\x08 \x03(\x0b\x32\x15.tunewire.v1.ArtifactB\x04\xe2\x41\x01\x02R\x10\x61\x64\x61pterArtifacts\"S\n\x18ReportCheckpointResponse\x12\x37\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x17.tunewire.v1.CheckpointR\ncheckpoint\"\x99\x05\n\x13ReportResultRequest\x12.\n\x05lease\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.LeaseB\x04\xe2\x41\x01\x02R\x05lease\x12H\n\x07outcome\x18\x02 \x01(\x0e\x32(.tunewire.v1.ReportResultRequest.OutcomeB\x04\xe2\x41\x01\x02R\x07outcome\x12\'\n\x0c\x61\x64\x61pter_path\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\x0b\x61\x64\x61pterPath\x12.\n\x10metrics_csv_path\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01R\x0emetricsCsvPath\x12+\n\x0etrained_tokens\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x01R\rtrainedTokens\x12.\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.tunewire.v1.ErrorB\x04\xe2\x41\x01\x01R\x05\x65rror\x12\x39\n\tartifacts\x18\x07 \x03(\x0b\x32\x15.tunewire.v1.ArtifactB\x04\xe2\x41\x01\x01R\tartifacts\x12<\n\x0bmetrics_csv\x18\x08 \x01(\x0b\x32\x15.tunewire.v1.ArtifactB\x04\xe2\x41\x01\x01R\nmetricsCsv\x12*\n\x0emax_logit_diff\x18\t \x01(\x01\x42\x04\xe2\x41\x01\x01R\x0cmaxLogitDiff\x12\x33\n\x13int8_max_logit_diff\x18\n \x01(\x01\x42\x04\xe2\x41\x01\x01R\x10int8MaxLogitDiff\"x\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x15\n\x11OUTCOME_CANCELLED\x10\x03\x12\x12\n\x0eOUTCOME_PAUSED\x10\x04\"\x16\n\x14ReportResultResponse\"\xcb\x01\n\x1fInferenceServiceGenerateRequest\x12#\n\nbase_model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\tbaseModel\x12\x1e\n\x07\x61\x64\x61pter\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\x07\x61\x64\x61pter\x12%\n\x0bonnx_export\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\nonnxExport\x12<\n\x07request\x18\x04 \x01(\x0b\x32\x1c.tunewire.v1.GenerateRequestB\x04\xe2\x41\x01\x02R\x07request\"\xa4\x01\n\x1fInferenceServiceClassifyRequest\x12#\n\nbase_model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\tbaseModel\x12\x1e\n\x07\x61\x64\x61pter\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x07\x61\x64\x61pter\x12<\n\x07request\x18\x03 \x01(\x0b\x32\x1c.tunewire.v1.ClassifyRequestB\x04\xe2\x41\x01\x02R\x07request\"6\n\x14UnloadAdapterRequest\x12\x1e\n\x07\x61\x64\x61pter\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x07\x61\x64\x61pter\"\x17\n\x15UnloadAdapterResponse*_\n\x07\x43ommand\x12\x17\n\x13\x43OMMAND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OMMAND_CONTINUE\x10\x01\x12\x12\n\x0e\x43OMMAND_CANCEL\x10\x02\x12\x11\n\rCOMMAND_PAUSE\x10\x03\x32\xdf\x04\n\rWorkerService\x12S\n\x0c\x41\x63quireLease\x12 .tunewire.v1.AcquireLeaseRequest\x1a!.tunewire.v1.AcquireLeaseResponse\x12J\n\tHeartbeat\x12\x1d.tunewire.v1.HeartbeatRequest\x1a\x1e.tunewire.v1.HeartbeatResponse\x12M\n\nReportPlan\x12\x1e.tunewire.v1.ReportPlanRequest\x1a\x1f.tunewire.v1.ReportPlanResponse\x12P\n\x0bReportEvent\x12\x1f.tunewire.v1.ReportEventRequest\x1a .tunewire.v1.ReportEventResponse\x12V\n\rReportMetrics\x12!.tunewire.v1.ReportMetricsRequest\x1a\".tunewire.v1.ReportMetricsResponse\x12_\n\x10ReportCheckpoint\x12$.tunewire.v1.ReportCheckpointRequest\x1a%.tunewire.v1.ReportCheckpointResponse\x12S\n\x0cReportResult\x12 .tunewire.v1.ReportResultRequest\x1a!.tunewire.v1.ReportResultResponse2\x9e\x02\n\x10InferenceService\x12Y\n\x08Generate\x12,.tunewire.v1.InferenceServiceGenerateRequest\x1a\x1d.tunewire.v1.GenerateResponse0\x01\x12V\n\rUnloadAdapter\x12!.tunewire.v1.UnloadAdapterRequest\x1a\".tunewire.v1.UnloadAdapterResponse\x12W\n\x08\x43lassify\x12,.tunewire.v1.InferenceServiceClassifyRequest\x1a\x1d.tunewire.v1.ClassifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tunewire/v1/worker.proto\x12\x0btunewire.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1dtunewire/v1/checkpoints.proto\x1a\x18tunewire/v1/common.proto\x1a\x18tunewire/v1/events.proto\x1a\x19tunewire/v1/exports.proto\x1a\x16tunewire/v1/jobs.proto\x1a\x18tunewire/v1/models.proto\"\xc2\x01\n\x05Lease\x12\x1b\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x05jobId\x12\x1a\n\x05\x65poch\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02R\x05\x65poch\x12\x31\n\x04kind\x18\x03 \x01(\x0e\x32\x17.tunewire.v1.Lease.KindB\x04\xe2\x41\x01\x02R\x04kind\"M\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_TRAIN\x10\x01\x12\x0f\n\x0bKIND_EXPORT\x10\x02\x12\x0e\n\nKIND_SERVE\x10\x03\"\xa9\x01\n\nWorkerInfo\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12\x33\n\x05kinds\x18\x02 \x03(\x0e\x32\x17.tunewire.v1.Lease.KindB\x04\xe2\x41\x01\x02R\x05kinds\x12\x16\n\x03pid\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x01R\x03pid\x12\x18\n\x04host\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01R\x04host\x12\x1e\n\x07\x61\x64\x64ress\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01R\x07\x61\x64\x64ress\"u\n\x13\x41\x63quireLeaseRequest\x12\x35\n\x06worker\x18\x01 \x01(\x0b\x32\x17.tunewire.v1.WorkerInfoB\x04\xe2\x41\x01\x02R\x06worker\x12\'\n\x0cwait_seconds\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x01R\x0bwaitSeconds\"\x88\x02\n\x14\x41\x63quireLeaseResponse\x12(\n\x05lease\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.LeaseR\x05lease\x12+\n\x11heartbeat_seconds\x18\x02 \x01(\x01R\x10heartbeatSeconds\x12.\n\x05train\x18\x03 \x01(\x0b\x32\x16.tunewire.v1.TrainWorkH\x00R\x05train\x12\x31\n\x06\x65xport\x18\x04 \x01(\x0b\x32\x17.tunewire.v1.ExportWorkH\x00R\x06\x65xport\x12.\n\x05serve\x18\x05 \x01(\x0b\x32\x16.tunewire.v1.ServeWorkH\x00R\x05serveB\x06\n\x04work\"7\n\x07\x42lobRef\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x1a\n\x08\x66ilename\x18\x02 \x01(\tR\x08\x66ilename\"\xba\x04\n\tTrainWork\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x10.tunewire.v1.JobR\x03job\x12\x1d\n\nbase_model\x18\x02 \x01(\tR\tbaseModel\x12\x39\n\rtraining_file\x18\x03 \x01(\x0b\x32\x14.tunewire.v1.BlobRefR\x0ctrainingFile\x12=\n\x0fvalidation_file\x18\x04 \x01(\x0b\x32\x14.tunewire.v1.BlobRefR\x0evalidationFile\x12+\n\x11resume_checkpoint\x18\x05 \x01(\tR\x10resumeCheckpoint\x12+\n\x11\x63heckpoint_prefix\x18\x06 \x01(\tR\x10\x63heckpointPrefix\x12!\n\x0cmodel_prefix\x18\x07 \x01(\tR\x0bmodelPrefix\x12!\n\x0cresults_file\x18\x08 \x01(\tR\x0bresultsFile\x12P\n\x0etracking_files\x18\t \x03(\x0b\x32).tunewire.v1.TrainWork.TrackingFilesEntryR\rtrackingFiles\x12<\n\x0cintegrations\x18\n \x03(\x0b\x32\x18.tunewire.v1.IntegrationR\x0cintegrations\x1a@\n\x12TrackingFilesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\x8a\x01\n\nExportWork\x12+\n\x06\x65xport\x18\x01 \x01(\x0b\x32\x13.tunewire.v1.ExportR\x06\x65xport\x12\x1d\n\nbase_model\x18\x02 \x01(\tR\tbaseModel\x12\x18\n\x07\x61\x64\x61pter\x18\x03 \x01(\tR\x07\x61\x64\x61pter\x12\x16\n\x06output\x18\x04 \x01(\tR\x06output\"\x0b\n\tServeWork\"B\n\x10HeartbeatRequest\x12.\n\x05lease\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.LeaseB\x04\xe2\x41\x01\x02R\x05lease\"C\n\x11HeartbeatResponse\x12.\n\x07\x63ommand\x18\x01 \x01(\x0e\x32\x14.tunewire.v1.CommandR\x07\x63ommand\"\xf7\x01\n\x11ReportPlanRequest\x12.\n\x05lease\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.LeaseB\x04\xe2\x41\x01\x02R\x05lease\x12L\n\x0fhyperparameters\x18\x02 \x01(\x0b\x32\x1c.tunewire.v1.HyperparametersB\x04\xe2\x41\x01\x02R\x0fhyperparameters\x12%\n\x0btotal_steps\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02R\ntotalSteps\x12#\n\nstart_step\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01R\tstartStep\x12\x18\n\x04seed\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x02R\x04seed\"\x14\n\x12ReportPlanResponse\"\xf2\x01\n\x12ReportEventRequest\x12.\n\x05lease\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.LeaseB\x04\xe2\x41\x01\x02R\x05lease\x12\x34\n\x05level\x18\x02 \x01(\x0e\x32\x18.tunewire.v1.Event.LevelB\x04\xe2\x41\x01\x02R\x05level\x12\x1e\n\x07message\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02R\x07message\x12\x31\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01R\x04\x64\x61ta\x12#\n\ndedupe_key\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01R\tdedupeKey\"\x15\n\x13ReportEventResponse\"\x89\x02\n\x14ReportMetricsRequest\x12.\n\x05lease\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.LeaseB\x04\xe2\x41\x01\x02R\x05lease\x12\x18\n\x04step\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02R\x04step\x12%\n\x0btotal_steps\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02R\ntotalSteps\x12\x1a\n\x05\x65poch\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x02R\x05\x65poch\x12\x37\n\x07metrics\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x02R\x07metrics\x12+\n\x0etrained_tokens\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x02R\rtrainedTokens\"\x17\n\x15ReportMetricsResponse\"\xde\x02\n\x17ReportCheckpointRequest\x12.\n\x05lease\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.LeaseB\x04\xe2\x41\x01\x02R\x05lease\x12\x18\n\x04step\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02R\x04step\x12\x1a\n\x05\x65poch\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x02R\x05\x65poch\x12\x18\n\x04path\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02R\x04path\x12?\n\x07metrics\x18\x05 \x01(\x0b\x32\x1f.tunewire.v1.Checkpoint.MetricsB\x04\xe2\x41\x01\x01R\x07metrics\x12\x18\n\x04\x62\x65st\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x01R\x04\x62\x65st\x12\x1e\n\x07\x61\x64\x61pter\x18\x07 \x01(\tB\x04\xe2\x41\x01\x02R\x07\x61\x64\x61pter\x12H\n\x11\x61\x64\x61pter_artifacts\x18\x08 \x03(\x0b\x32\x15.tunewire.v1.ArtifactB\x04\xe2\x41\x01\x02R\x10\x61\x64\x61pterArtifacts\"S\n\x18ReportCheckpointResponse\x12\x37\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x17.tunewire.v1.CheckpointR\ncheckpoint\"\xd4\x06\n\x13ReportResultRequest\x12.\n\x05lease\x18\x01 \x01(\x0b\x32\x12.tunewire.v1.LeaseB\x04\xe2\x41\x01\x02R\x05lease\x12H\n\x07outcome\x18\x02 \x01(\x0e\x32(.tunewire.v1.ReportResultRequest.OutcomeB\x04\xe2\x41\x01\x02R\x07outcome\x12\'\n\x0c\x61\x64\x61pter_path\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\x0b\x61\x64\x61pterPath\x12.\n\x10metrics_csv_path\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01R\x0emetricsCsvPath\x12+\n\x0etrained_tokens\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x01R\rtrainedTokens\x12.\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.tunewire.v1.ErrorB\x04\xe2\x41\x01\x01R\x05\x65rror\x12\x39\n\tartifacts\x18\x07 \x03(\x0b\x32\x15.tunewire.v1.ArtifactB\x04\xe2\x41\x01\x01R\tartifacts\x12<\n\x0bmetrics_csv\x18\x08 \x01(\x0b\x32\x15.tunewire.v1.ArtifactB\x04\xe2\x41\x01\x01R\nmetricsCsv\x12*\n\x0emax_logit_diff\x18\t \x01(\x01\x42\x04\xe2\x41\x01\x01R\x0cmaxLogitDiff\x12\x33\n\x13int8_max_logit_diff\x18\n \x01(\x01\x42\x04\xe2\x41\x01\x01R\x10int8MaxLogitDiff\x12`\n\x0etracking_files\x18\x0b \x03(\x0b\x32\x33.tunewire.v1.ReportResultRequest.TrackingFilesEntryB\x04\xe2\x41\x01\x01R\rtrackingFiles\x1aW\n\x12TrackingFilesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x15.tunewire.v1.ArtifactR\x05value:\x02\x38\x01\"x\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x15\n\x11OUTCOME_CANCELLED\x10\x03\x12\x12\n\x0eOUTCOME_PAUSED\x10\x04\"\x16\n\x14ReportResultResponse\"\xcb\x01\n\x1fInferenceServiceGenerateRequest\x12#\n\nbase_model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\tbaseModel\x12\x1e\n\x07\x61\x64\x61pter\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\x07\x61\x64\x61pter\x12%\n\x0bonnx_export\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\nonnxExport\x12<\n\x07request\x18\x04 \x01(\x0b\x32\x1c.tunewire.v1.GenerateRequestB\x04\xe2\x41\x01\x02R\x07request\"\xa4\x01\n\x1fInferenceServiceClassifyRequest\x12#\n\nbase_model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\tbaseModel\x12\x1e\n\x07\x61\x64\x61pter\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x07\x61\x64\x61pter\x12<\n\x07request\x18\x03 \x01(\x0b\x32\x1c.tunewire.v1.ClassifyRequestB\x04\xe2\x41\x01\x02R\x07request\"6\n\x14UnloadAdapterRequest\x12\x1e\n\x07\x61\x64\x61pter\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x07\x61\x64\x61pter\"\x17\n\x15UnloadAdapterResponse*_\n\x07\x43ommand\x12\x17\n\x13\x43OMMAND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OMMAND_CONTINUE\x10\x01\x12\x12\n\x0e\x43OMMAND_CANCEL\x10\x02\x12\x11\n\rCOMMAND_PAUSE\x10\x03\x32\xdf\x04\n\rWorkerService\x12S\n\x0c\x41\x63quireLease\x12 .tunewire.v1.AcquireLeaseRequest\x1a!.tunewire.v1.AcquireLeaseResponse\x12J\n\tHeartbeat\x12\x1d.tunewire.v1.HeartbeatRequest\x1a\x1e.tunewire.v1.HeartbeatResponse\x12M\n\nReportPlan\x12\x1e.tunewire.v1.ReportPlanRequest\x1a\x1f.tunewire.v1.ReportPlanResponse\x12P\n\x0bReportEvent\x12\x1f.tunewire.v1.ReportEventRequest\x1a .tunewire.v1.ReportEventResponse\x12V\n\rReportMetrics\x12!.tunewire.v1.ReportMetricsRequest\x1a\".tunewire.v1.ReportMetricsResponse\x12_\n\x10ReportCheckpoint\x12$.tunewire.v1.ReportCheckpointRequest\x1a%.tunewire.v1.ReportCheckpointResponse\x12S\n\x0cReportResult\x12 .tunewire.v1.ReportResultRequest\x1a!.tunewire.v1.ReportResultResponse2\x9e\x02\n\x10InferenceService\x12Y\n\x08Generate\x12,.tunewire.v1.InferenceServiceGenerateRequest\x1a\x1d.tunewire.v1.GenerateResponse0\x01\x12V\n\rUnloadAdapter\x12!.tunewire.v1.UnloadAdapterRequest\x1a\".tunewire.v1.UnloadAdapterResponse\x12W\n\x08\x43lassify\x12,.tunewire.v1.InferenceServiceClassifyRequest\x1a\x1d.tunewire.v1.ClassifyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,6 +59,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACQUIRELEASEREQUEST'].fields_by_name['worker']._serialized_options = b'\342A\001\002'
   _globals['_ACQUIRELEASEREQUEST'].fields_by_name['wait_seconds']._loaded_options = None
   _globals['_ACQUIRELEASEREQUEST'].fields_by_name['wait_seconds']._serialized_options = b'\342A\001\001'
+  _globals['_TRAINWORK_TRACKINGFILESENTRY']._loaded_options = None
+  _globals['_TRAINWORK_TRACKINGFILESENTRY']._serialized_options = b'8\001'
   _globals['_HEARTBEATREQUEST'].fields_by_name['lease']._loaded_options = None
   _globals['_HEARTBEATREQUEST'].fields_by_name['lease']._serialized_options = b'\342A\001\002'
   _globals['_REPORTPLANREQUEST'].fields_by_name['lease']._loaded_options = None
@@ -109,6 +111,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTCHECKPOINTREQUEST'].fields_by_name['adapter']._serialized_options = b'\342A\001\002'
   _globals['_REPORTCHECKPOINTREQUEST'].fields_by_name['adapter_artifacts']._loaded_options = None
   _globals['_REPORTCHECKPOINTREQUEST'].fields_by_name['adapter_artifacts']._serialized_options = b'\342A\001\002'
+  _globals['_REPORTRESULTREQUEST_TRACKINGFILESENTRY']._loaded_options = None
+  _globals['_REPORTRESULTREQUEST_TRACKINGFILESENTRY']._serialized_options = b'8\001'
   _globals['_REPORTRESULTREQUEST'].fields_by_name['lease']._loaded_options = None
   _globals['_REPORTRESULTREQUEST'].fields_by_name['lease']._serialized_options = b'\342A\001\002'
   _globals['_REPORTRESULTREQUEST'].fields_by_name['outcome']._loaded_options = None
@@ -129,6 +133,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTRESULTREQUEST'].fields_by_name['max_logit_diff']._serialized_options = b'\342A\001\001'
   _globals['_REPORTRESULTREQUEST'].fields_by_name['int8_max_logit_diff']._loaded_options = None
   _globals['_REPORTRESULTREQUEST'].fields_by_name['int8_max_logit_diff']._serialized_options = b'\342A\001\001'
+  _globals['_REPORTRESULTREQUEST'].fields_by_name['tracking_files']._loaded_options = None
+  _globals['_REPORTRESULTREQUEST'].fields_by_name['tracking_files']._serialized_options = b'\342A\001\001'
   _globals['_INFERENCESERVICEGENERATEREQUEST'].fields_by_name['base_model']._loaded_options = None
   _globals['_INFERENCESERVICEGENERATEREQUEST'].fields_by_name['base_model']._serialized_options = b'\342A\001\002'
   _globals['_INFERENCESERVICEGENERATEREQUEST'].fields_by_name['adapter']._loaded_options = None
@@ -145,8 +151,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERENCESERVICECLASSIFYREQUEST'].fields_by_name['request']._serialized_options = b'\342A\001\002'
   _globals['_UNLOADADAPTERREQUEST'].fields_by_name['adapter']._loaded_options = None
   _globals['_UNLOADADAPTERREQUEST'].fields_by_name['adapter']._serialized_options = b'\342A\001\002'
-  _globals['_COMMAND']._serialized_start=4147
-  _globals['_COMMAND']._serialized_end=4242
+  _globals['_COMMAND']._serialized_start=4544
+  _globals['_COMMAND']._serialized_end=4639
   _globals['_LEASE']._serialized_start=265
   _globals['_LEASE']._serialized_end=459
   _globals['_LEASE_KIND']._serialized_start=382
@@ -160,47 +166,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BLOBREF']._serialized_start=1019
   _globals['_BLOBREF']._serialized_end=1074
   _globals['_TRAINWORK']._serialized_start=1077
-  _globals['_TRAINWORK']._serialized_end=1437
-  _globals['_EXPORTWORK']._serialized_start=1440
-  _globals['_EXPORTWORK']._serialized_end=1578
-  _globals['_SERVEWORK']._serialized_start=1580
-  _globals['_SERVEWORK']._serialized_end=1591
-  _globals['_HEARTBEATREQUEST']._serialized_start=1593
-  _globals['_HEARTBEATREQUEST']._serialized_end=1659
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1661
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1728
-  _globals['_REPORTPLANREQUEST']._serialized_start=1731
-  _globals['_REPORTPLANREQUEST']._serialized_end=1978
-  _globals['_REPORTPLANRESPONSE']._serialized_start=1980
-  _globals['_REPORTPLANRESPONSE']._serialized_end=2000
-  _globals['_REPORTEVENTREQUEST']._serialized_start=2003
-  _globals['_REPORTEVENTREQUEST']._serialized_end=2245
-  _globals['_REPORTEVENTRESPONSE']._serialized_start=2247
-  _globals['_REPORTEVENTRESPONSE']._serialized_end=2268
-  _globals['_REPORTMETRICSREQUEST']._serialized_start=2271
-  _globals['_REPORTMETRICSREQUEST']._serialized_end=2536
-  _globals['_REPORTMETRICSRESPONSE']._serialized_start=2538
-  _globals['_REPORTMETRICSRESPONSE']._serialized_end=2561
-  _globals['_REPORTCHECKPOINTREQUEST']._serialized_start=2564
-  _globals['_REPORTCHECKPOINTREQUEST']._serialized_end=2914
-  _globals['_REPORTCHECKPOINTRESPONSE']._serialized_start=2916
-  _globals['_REPORTCHECKPOINTRESPONSE']._serialized_end=2999
-  _globals['_REPORTRESULTREQUEST']._serialized_start=3002
-  _globals['_REPORTRESULTREQUEST']._serialized_end=3667
-  _globals['_REPORTRESULTREQUEST_OUTCOME']._serialized_start=3547
-  _globals['_REPORTRESULTREQUEST_OUTCOME']._serialized_end=3667
-  _globals['_REPORTRESULTRESPONSE']._serialized_start=3669
-  _globals['_REPORTRESULTRESPONSE']._serialized_end=3691
-  _globals['_INFERENCESERVICEGENERATEREQUEST']._serialized_start=3694
-  _globals['_INFERENCESERVICEGENERATEREQUEST']._serialized_end=3897
-  _globals['_INFERENCESERVICECLASSIFYREQUEST']._serialized_start=3900
-  _globals['_INFERENCESERVICECLASSIFYREQUEST']._serialized_end=4064
-  _globals['_UNLOADADAPTERREQUEST']._serialized_start=4066
-  _globals['_UNLOADADAPTERREQUEST']._serialized_end=4120
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=4122
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=4145
-  _globals['_WORKERSERVICE']._serialized_start=4245
-  _globals['_WORKERSERVICE']._serialized_end=4852
-  _globals['_INFERENCESERVICE']._serialized_start=4855
-  _globals['_INFERENCESERVICE']._serialized_end=5141
+  _globals['_TRAINWORK']._serialized_end=1647
+  _globals['_TRAINWORK_TRACKINGFILESENTRY']._serialized_start=1583
+  _globals['_TRAINWORK_TRACKINGFILESENTRY']._serialized_end=1647
+  _globals['_EXPORTWORK']._serialized_start=1650
+  _globals['_EXPORTWORK']._serialized_end=1788
+  _globals['_SERVEWORK']._serialized_start=1790
+  _globals['_SERVEWORK']._serialized_end=1801
+  _globals['_HEARTBEATREQUEST']._serialized_start=1803
+  _globals['_HEARTBEATREQUEST']._serialized_end=1869
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1871
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1938
+  _globals['_REPORTPLANREQUEST']._serialized_start=1941
+  _globals['_REPORTPLANREQUEST']._serialized_end=2188
+  _globals['_REPORTPLANRESPONSE']._serialized_start=2190
+  _globals['_REPORTPLANRESPONSE']._serialized_end=2210
+  _globals['_REPORTEVENTREQUEST']._serialized_start=2213
+  _globals['_REPORTEVENTREQUEST']._serialized_end=2455
+  _globals['_REPORTEVENTRESPONSE']._serialized_start=2457
+  _globals['_REPORTEVENTRESPONSE']._serialized_end=2478
+  _globals['_REPORTMETRICSREQUEST']._serialized_start=2481
+  _globals['_REPORTMETRICSREQUEST']._serialized_end=2746
+  _globals['_REPORTMETRICSRESPONSE']._serialized_start=2748
+  _globals['_REPORTMETRICSRESPONSE']._serialized_end=2771
+  _globals['_REPORTCHECKPOINTREQUEST']._serialized_start=2774
+  _globals['_REPORTCHECKPOINTREQUEST']._serialized_end=3124
+  _globals['_REPORTCHECKPOINTRESPONSE']._serialized_start=3126
+  _globals['_REPORTCHECKPOINTRESPONSE']._serialized_end=3209
+  _globals['_REPORTRESULTREQUEST']._serialized_start=3212
+  _globals['_REPORTRESULTREQUEST']._serialized_end=4064
+  _globals['_REPORTRESULTREQUEST_TRACKINGFILESENTRY']._serialized_start=3855
+  _globals['_REPORTRESULTREQUEST_TRACKINGFILESENTRY']._serialized_end=3942
+  _globals['_REPORTRESULTREQUEST_OUTCOME']._serialized_start=3944
+  _globals['_REPORTRESULTREQUEST_OUTCOME']._serialized_end=4064
+  _globals['_REPORTRESULTRESPONSE']._serialized_start=4066
+  _globals['_REPORTRESULTRESPONSE']._serialized_end=4088
+  _globals['_INFERENCESERVICEGENERATEREQUEST']._serialized_start=4091
+  _globals['_INFERENCESERVICEGENERATEREQUEST']._serialized_end=4294
+  _globals['_INFERENCESERVICECLASSIFYREQUEST']._serialized_start=4297
+  _globals['_INFERENCESERVICECLASSIFYREQUEST']._serialized_end=4461
+  _globals['_UNLOADADAPTERREQUEST']._serialized_start=4463
+  _globals['_UNLOADADAPTERREQUEST']._serialized_end=4517
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=4519
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=4542
+  _globals['_WORKERSERVICE']._serialized_start=4642
+  _globals['_WORKERSERVICE']._serialized_end=5249
+  _globals['_INFERENCESERVICE']._serialized_start=5252
+  _globals['_INFERENCESERVICE']._serialized_end=5538
 # @@protoc_insertion_point(module_scope)

@@ -91,7 +91,14 @@ class BlobRef(_message.Message):
     def __init__(self, key: _Optional[str] = ..., filename: _Optional[str] = ...) -> None: ...
 
 class TrainWork(_message.Message):
-    __slots__ = ("job", "base_model", "training_file", "validation_file", "resume_checkpoint", "checkpoint_prefix", "model_prefix", "results_file")
+    __slots__ = ("job", "base_model", "training_file", "validation_file", "resume_checkpoint", "checkpoint_prefix", "model_prefix", "results_file", "tracking_files", "integrations")
+    class TrackingFilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     JOB_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FILE_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +107,8 @@ class TrainWork(_message.Message):
     CHECKPOINT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     MODEL_PREFIX_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FILE_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FILES_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATIONS_FIELD_NUMBER: _ClassVar[int]
     job: _jobs_pb2.Job
     base_model: str
     training_file: BlobRef
@@ -108,7 +117,9 @@ class TrainWork(_message.Message):
     checkpoint_prefix: str
     model_prefix: str
     results_file: str
-    def __init__(self, job: _Optional[_Union[_jobs_pb2.Job, _Mapping]] = ..., base_model: _Optional[str] = ..., training_file: _Optional[_Union[BlobRef, _Mapping]] = ..., validation_file: _Optional[_Union[BlobRef, _Mapping]] = ..., resume_checkpoint: _Optional[str] = ..., checkpoint_prefix: _Optional[str] = ..., model_prefix: _Optional[str] = ..., results_file: _Optional[str] = ...) -> None: ...
+    tracking_files: _containers.ScalarMap[str, str]
+    integrations: _containers.RepeatedCompositeFieldContainer[_jobs_pb2.Integration]
+    def __init__(self, job: _Optional[_Union[_jobs_pb2.Job, _Mapping]] = ..., base_model: _Optional[str] = ..., training_file: _Optional[_Union[BlobRef, _Mapping]] = ..., validation_file: _Optional[_Union[BlobRef, _Mapping]] = ..., resume_checkpoint: _Optional[str] = ..., checkpoint_prefix: _Optional[str] = ..., model_prefix: _Optional[str] = ..., results_file: _Optional[str] = ..., tracking_files: _Optional[_Mapping[str, str]] = ..., integrations: _Optional[_Iterable[_Union[_jobs_pb2.Integration, _Mapping]]] = ...) -> None: ...
 
 class ExportWork(_message.Message):
     __slots__ = ("export", "base_model", "adapter", "output")
@@ -221,7 +232,7 @@ class ReportCheckpointResponse(_message.Message):
     def __init__(self, checkpoint: _Optional[_Union[_checkpoints_pb2.Checkpoint, _Mapping]] = ...) -> None: ...
 
 class ReportResultRequest(_message.Message):
-    __slots__ = ("lease", "outcome", "adapter_path", "metrics_csv_path", "trained_tokens", "error", "artifacts", "metrics_csv", "max_logit_diff", "int8_max_logit_diff")
+    __slots__ = ("lease", "outcome", "adapter_path", "metrics_csv_path", "trained_tokens", "error", "artifacts", "metrics_csv", "max_logit_diff", "int8_max_logit_diff", "tracking_files")
     class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OUTCOME_UNSPECIFIED: _ClassVar[ReportResultRequest.Outcome]
@@ -234,6 +245,13 @@ class ReportResultRequest(_message.Message):
     OUTCOME_FAILED: ReportResultRequest.Outcome
     OUTCOME_CANCELLED: ReportResultRequest.Outcome
     OUTCOME_PAUSED: ReportResultRequest.Outcome
+    class TrackingFilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _common_pb2.Artifact
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ...) -> None: ...
     LEASE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +262,7 @@ class ReportResultRequest(_message.Message):
     METRICS_CSV_FIELD_NUMBER: _ClassVar[int]
     MAX_LOGIT_DIFF_FIELD_NUMBER: _ClassVar[int]
     INT8_MAX_LOGIT_DIFF_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FILES_FIELD_NUMBER: _ClassVar[int]
     lease: Lease
     outcome: ReportResultRequest.Outcome
     adapter_path: str
@@ -254,7 +273,8 @@ class ReportResultRequest(_message.Message):
     metrics_csv: _common_pb2.Artifact
     max_logit_diff: float
     int8_max_logit_diff: float
-    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., outcome: _Optional[_Union[ReportResultRequest.Outcome, str]] = ..., adapter_path: _Optional[str] = ..., metrics_csv_path: _Optional[str] = ..., trained_tokens: _Optional[int] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., artifacts: _Optional[_Iterable[_Union[_common_pb2.Artifact, _Mapping]]] = ..., metrics_csv: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., max_logit_diff: _Optional[float] = ..., int8_max_logit_diff: _Optional[float] = ...) -> None: ...
+    tracking_files: _containers.MessageMap[str, _common_pb2.Artifact]
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., outcome: _Optional[_Union[ReportResultRequest.Outcome, str]] = ..., adapter_path: _Optional[str] = ..., metrics_csv_path: _Optional[str] = ..., trained_tokens: _Optional[int] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., artifacts: _Optional[_Iterable[_Union[_common_pb2.Artifact, _Mapping]]] = ..., metrics_csv: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., max_logit_diff: _Optional[float] = ..., int8_max_logit_diff: _Optional[float] = ..., tracking_files: _Optional[_Mapping[str, _common_pb2.Artifact]] = ...) -> None: ...
 
 class ReportResultResponse(_message.Message):
     __slots__ = ()
