@@ -283,7 +283,8 @@ def test_cohere_deletes_a_dataset_only_when_all_its_parts_exist(rest: Stack) -> 
     [
         "/cohere/v1/finetuning/finetuned-models",
         "/cohere/v1/finetuning/finetuned-models/x/events",
-        "/cohere/v1/finetuning/finetuned-models/x/training-step-metrics",
+        # training-step-metrics pages by the control plane's cursor: an unknown job is a
+        # 404 before its token is read (cursors are tested in tests/test_listing.py).
     ],
 )
 def test_cohere_refuses_negative_page_tokens(rest: Stack, path: str) -> None:

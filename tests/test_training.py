@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Org, Server, chat_lines, fails, launch
+from conftest import Org, Server, chat_lines, fails, invalid, launch, make_job
 
 from tunewire.v1 import events_pb2, files_pb2, jobs_pb2, models_pb2
 
@@ -276,14 +276,15 @@ def test_a_failure_that_would_repeat_fails_at_once(tmp_path: Path, models_dir: P
             shutil.copy(models / "tiny-llama" / name, encoder / name)
     srv = launch(tmp_path / "home", models, tmp_path / "logs", TUNEWIRE_MAX_RUNNING_JOBS="1")
     try:
+        # Chat data on an encoder is now refused before it is queued, naming the base.
         org = srv.default
-        job = org.create_job(org.upload_sample().id, base_model="tiny-bert", seed=1)
-        run_to_end(org, job.id)
-        done = org.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
-        assert done.state == Job.STATE_FAILED
-        assert (done.error.code, done.error.param) == ("invalid_base_model", "base_model")
-        assert "is not a causal language model" in done.error.message
-        assert done.progress.attempt == 1
+        problems = invalid(
+            org.jobs.CreateJob,
+            jobs_pb2.CreateJobRequest(
+                job=make_job(training_file=org.upload_sample().id, base_model="tiny-bert", seed=1)
+            ),
+        )
+        assert "job.base_model" in problems, problems
     finally:
         srv.terminate()
         srv.kill()
