@@ -41,7 +41,7 @@ SHOTS = REPO / "docs" / "screenshots"
 WAIT_MS = 60_000
 DESKTOP = {"width": 1100, "height": 800}
 PHONE = {"width": 390, "height": 844}
-GOOD_EXAMPLES = 64  # auto: 3 epochs of batch 1, so 192 steps
+GOOD_EXAMPLES = 400  # auto: 3 epochs of batch 1, so 1,200 steps: time to pause mid-run
 PLANTED = (
     b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
     b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'

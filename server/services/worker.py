@@ -443,8 +443,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 },
                 dedupe_key=f"metrics:{request.step}",
             )
+            command = lifecycle.pending(db, job.id)
             if appended is None:
-                return worker_pb2.ReportMetricsResponse()
+                return worker_pb2.ReportMetricsResponse(command=command)
             job.progress.step = request.step
             job.progress.total_steps = request.total_steps
             job.progress.epoch = request.epoch
@@ -456,7 +457,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 remaining = (request.total_steps - request.step) * per_step
                 job.estimated_finish.CopyFrom(timestamp(now() + remaining))
             lifecycle.save(db, job)
-        return worker_pb2.ReportMetricsResponse()
+        return worker_pb2.ReportMetricsResponse(command=command)
 
     @worker_call
     async def ReportCheckpoint(self, request: worker_pb2.ReportCheckpointRequest, context):

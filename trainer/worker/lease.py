@@ -103,10 +103,13 @@ class Lease:
             raise LeaseLost("lease lost")
         request = getattr(worker_pb2, f"{method}Request")(lease=self.lease, **fields)
         try:
-            return self.plane.call(method, request)
+            reply = self.plane.call(method, request)
         except LeaseLost:
             self.lost.set()
             raise
+        if "command" in reply.DESCRIPTOR.fields_by_name:  # Heartbeat's and ReportMetrics'
+            self.command = COMMANDS.get(reply.command, "continue")
+        return reply
 
     def control(self) -> str:
         """What the work should do now: continue, pause, or cancel (also on a lost lease)."""
@@ -124,10 +127,9 @@ class Lease:
     def _beat(self) -> None:
         while not self._stopped.wait(self.heartbeat_seconds) and not self.lost.is_set():
             try:
-                reply = self.call("Heartbeat")
+                self.call("Heartbeat")
             except LeaseLost:
                 return
             except grpc.RpcError as error:
                 log.warning("heartbeat failed", extra={"fields": {"code": error.code().name}})
                 continue
-            self.command = COMMANDS.get(reply.command, "continue")

@@ -202,8 +202,10 @@ class ReportMetricsRequest(_message.Message):
     def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., trained_tokens: _Optional[int] = ...) -> None: ...
 
 class ReportMetricsResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("command",)
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    command: Command
+    def __init__(self, command: _Optional[_Union[Command, str]] = ...) -> None: ...
 
 class ReportCheckpointRequest(_message.Message):
     __slots__ = ("lease", "step", "epoch", "path", "metrics", "best", "adapter", "adapter_artifacts")
