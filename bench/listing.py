@@ -60,14 +60,22 @@ BEFORE_CALLS = [
 
 
 def fill(home: Path, n: int) -> dict[str, Any]:
-    """A fresh home with `n` jobs, files, models, and one job with `n` events and `n`
-    checkpoints; returns the API key and the ids the calls need."""
+    """A fresh home with `n` jobs, files, models, Helix sessions (conversations of the
+    jobs, two messages each), and one job with `n` events and `n` checkpoints; returns the
+    API key and the ids the calls need."""
     from google.protobuf import struct_pb2
 
     from server import auth
     from server.ids import timestamp
     from server.store.db import connect, write
-    from tunewire.v1 import checkpoints_pb2, events_pb2, files_pb2, jobs_pb2, models_pb2
+    from tunewire.v1 import (
+        checkpoints_pb2,
+        conversations_pb2,
+        events_pb2,
+        files_pb2,
+        jobs_pb2,
+        models_pb2,
+    )
 
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
@@ -75,7 +83,7 @@ def fill(home: Path, n: int) -> dict[str, Any]:
     key = auth.create_key(db, ORG)
     File, Job, Event = files_pb2.File, jobs_pb2.Job, events_pb2.Event
     conn = db.conn
-    files, jobs, models = [], [], []
+    files, jobs, models, sessions, messages = [], [], [], [], []
     for i in range(n):
         at = T0 + i
         purpose = File.PURPOSE_FINE_TUNE if i % 5 == 0 else File.PURPOSE_USER_DATA
@@ -118,6 +126,29 @@ def fill(home: Path, n: int) -> dict[str, Any]:
             create_time=timestamp(at),
         )
         models.append((model.id, ORG, job.id, at, "none", model.SerializeToString()))
+        said = [
+            conversations_pb2.ConversationMessage(
+                id=f"cmsg-{2 * i + s:024x}",
+                role=role,
+                metadata={"kind": kind},
+                sequence=s + 1,
+                create_time=timestamp(at),
+            )
+            for s, (role, kind) in enumerate([("user", "documents"), ("assistant", "finetune")])
+        ]
+        session = conversations_pb2.Conversation(
+            id=f"conv-{i:024x}",
+            title=f"data-{i}.txt",
+            model="tiny-llama",
+            job_id=job.id,
+            message_count=len(said),
+            last_message_id=said[-1].id,
+            create_time=timestamp(at),
+            update_time=timestamp(at),
+            organization=ORG,
+        )
+        sessions.append((session.id, ORG, at, job.id, session.SerializeToString()))
+        messages += [(session.id, m.sequence, m.SerializeToString()) for m in said]
     events_job = jobs[-1][0]
     events, checkpoints = [], []
     for s in range(1, n + 1):
@@ -167,12 +198,21 @@ def fill(home: Path, n: int) -> dict[str, Any]:
             " VALUES (?, ?, ?, ?, ?, ?)",
             checkpoints,
         )
+        conn.executemany(
+            "INSERT INTO conversations (id, org, created_at, job_id, proto) VALUES (?, ?, ?, ?, ?)",
+            sessions,
+        )
+        conn.executemany(
+            "INSERT INTO conversation_messages (conversation_id, sequence, proto) VALUES (?, ?, ?)",
+            messages,
+        )
     conn.execute("ANALYZE")
     conn.close()
     deep = max(0, min(10, n - 30))  # an object near the end of a newest-first list
     return {
         "key": key,
         "job": events_job,
+        "session": sessions[-1][0],  # the events job's
         "deep_job": jobs[deep][0],
         "deep_file": files[deep][0],
         "deep_event": events[deep][2],
@@ -350,7 +390,8 @@ def rest_calls(
             f"/cohere/v1/finetuning/finetuned-models/{job}/training-step-metrics?page_size=10"
         ),
         "cohere GET datasets?limit=10": call("/cohere/v1/datasets?limit=10"),
-        "helix GET sessions/{id}": call(f"/api/v1/sessions/{job}"),
+        "helix GET sessions/{id}": call(f"/api/v1/sessions/{ids['session']}"),
+        "helix GET sessions?limit=20": call("/api/v1/sessions?limit=20"),
         "truefoundry GET jobs": call(f"{tf}?limit=20"),
         "truefoundry GET events?limit=1": call(f"{tf}/{job}/events?limit=1"),
     }

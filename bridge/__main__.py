@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 
 from bridge.main import create_app, serve
 from bridge.settings import BridgeSettings
+from server import logs
 
 
 async def run(settings: BridgeSettings) -> None:
@@ -29,9 +29,7 @@ async def run(settings: BridgeSettings) -> None:
 
 def main() -> None:
     settings = BridgeSettings(_cli_parse_args=True)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.setup(settings.log_level)  # structured, as `tunewire up` writes them
     asyncio.run(run(settings))
 
 

@@ -13,8 +13,10 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from bridge.errors import ApiError, Code
+from server.errors import MAX_ECHOED, cut
 from tunewire.v1 import (
     auth_pb2_grpc,
+    conversations_pb2_grpc,
     files_pb2_grpc,
     graders_pb2_grpc,
     jobs_pb2_grpc,
@@ -40,6 +42,7 @@ class Backend:
     jobs: jobs_pb2_grpc.JobServiceStub = field(init=False)
     models: models_pb2_grpc.ModelServiceStub = field(init=False)
     graders: graders_pb2_grpc.GraderServiceStub = field(init=False)
+    conversations: conversations_pb2_grpc.ConversationServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
@@ -47,6 +50,7 @@ class Backend:
         self.jobs = jobs_pb2_grpc.JobServiceStub(self.channel)
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)
         self.graders = graders_pb2_grpc.GraderServiceStub(self.channel)
+        self.conversations = conversations_pb2_grpc.ConversationServiceStub(self.channel)
 
     @classmethod
     def connect(cls, address: str) -> Backend:
@@ -119,7 +123,9 @@ async def after_cursor(
     whose id is `after` (from the start without it), and whether there are more.
 
     The control plane pages with opaque tokens, so a cursor by id is found by
-    reading up to it; only as many items as needed are fetched.
+    reading up to it; only as many items as needed are fetched. An `after` that is no
+    item's id is a 400 naming `after`, never an empty page: a client paging on would
+    take that for the end of the list.
     """
     page: list[T] = []
     started = after is None
@@ -130,6 +136,9 @@ async def after_cursor(
         if len(page) == limit:
             return page, True
         page.append(item)
+    if not started:
+        shown = cut(after or "", MAX_ECHOED)
+        raise ApiError.invalid([("after", f"{shown!r} is not the id of an item of this list")])
     return page, False
 
 

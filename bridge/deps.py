@@ -12,6 +12,7 @@ from pydantic import Field
 from bridge.backend import Backend, Metadata
 from bridge.errors import ApiError, Code
 from bridge.settings import BridgeSettings
+from server import request_ids
 from tunewire.v1 import auth_pb2
 
 
@@ -32,7 +33,8 @@ _bearer_scheme = HTTPBearer(auto_error=False, description="A Tunewire API key.")
 def _auth(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
 ) -> Metadata:
-    """The caller's key as gRPC metadata; the control plane checks it."""
+    """The caller's key and the request's id as gRPC metadata; the control plane checks
+    the key."""
     if credentials is None or not credentials.credentials:
         raise ApiError.of(
             Code.UNAUTHENTICATED, "missing API key: send 'Authorization: Bearer <api key>'"
@@ -41,7 +43,12 @@ def _auth(
     # Latin-1) would fail the call itself, and is no key the server ever issued.
     if not _PRINTABLE_ASCII.fullmatch(credentials.credentials):
         raise ApiError.of(Code.UNAUTHENTICATED, "invalid API key")
-    return (("authorization", f"Bearer {credentials.credentials}"),)
+    # Every call the bridge makes takes this metadata, so the control plane's log lines
+    # for it carry the request's id (bridge.request_ids).
+    return (
+        ("authorization", f"Bearer {credentials.credentials}"),
+        (request_ids.KEY, request_ids.current.get() or request_ids.new()),
+    )
 
 
 async def check_key(request: Request) -> None:

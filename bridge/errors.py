@@ -9,7 +9,7 @@ class (`bridge.routing.route_class`), so no handler maps errors itself.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -39,8 +39,11 @@ HTTP_STATUS: dict[Code, int] = {
     Code.UNAVAILABLE: 503,
 }
 _BY_NUMBER = {code.value[0]: code for code in Code}
-# The other way, for Starlette's HTTPException: the first code of each HTTP status.
-_BY_HTTP_STATUS = {http: code for code, http in reversed(HTTP_STATUS.items())}
+# The other way, for Starlette's HTTPException: the first code of each HTTP status, and
+# 405 as grpc-gateway answers a method a path does not take (UNIMPLEMENTED).
+_BY_HTTP_STATUS = {http: code for code, http in reversed(HTTP_STATUS.items())} | {
+    405: Code.UNIMPLEMENTED
+}
 
 
 class ApiError(Exception):
@@ -97,6 +100,36 @@ class ApiError(Exception):
     @property
     def message(self) -> str:
         return self.status.message
+
+    @property
+    def resource(self) -> tuple[str, str] | None:
+        """(kind, id) of the resource a NOT_FOUND is about, from the ResourceInfo detail
+        the server attaches; None if there is none."""
+        for detail in self.status.details:
+            if detail.Is(error_details_pb2.ResourceInfo.DESCRIPTOR):
+                info = error_details_pb2.ResourceInfo()
+                detail.Unpack(info)
+                return info.resource_type, info.resource_name
+        return None
+
+    @property
+    def reason(self) -> str:
+        """The ErrorInfo reason the server gave (e.g. `invalid_n_examples`), else ""."""
+        for detail in self.status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                return info.reason
+        return ""
+
+    def message_in(self, nouns: Mapping[str, str]) -> str:
+        """The message, with a missing resource named by a surface's noun for its kind
+        (`nouns`: kind -> noun; a kind not in it keeps its own name)."""
+        found = self.resource if self.code == Code.NOT_FOUND else None
+        if found is None:
+            return self.message
+        kind, ident = found
+        return f"{nouns.get(kind, kind.replace('_', ' '))} {ident!r} not found"
 
     @property
     def violations(self) -> list[tuple[str, str]]:

@@ -12,11 +12,13 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from bridge import dashboard
+from bridge import dashboard, request_ids
 from bridge.backend import Backend
 from bridge.routes import cohere, helix, native, openai, truefoundry, webhooks
+from bridge.routing import unrouted
 from bridge.settings import BridgeSettings
 
 GRACE_SECONDS = 5
@@ -47,9 +49,25 @@ def create_app(grpc_address: str, settings: BridgeSettings | None = None) -> Fas
 
     app = FastAPI(title="Tunewire", version="v1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
+    request_ids.install(app)  # x-request-id on every response, errors and unknown paths too
     for surface in (native, openai, webhooks, cohere, helix, truefoundry):
         app.include_router(surface.router)
+    app.include_router(cohere.router_v2)  # Cohere's v2 chat, beside its v1 API
     dashboard.mount(app)  # the web dashboard at /ui/, a client of the native routes
+    # An unknown path or method under a surface's prefix, in that surface's envelope.
+    app.add_exception_handler(
+        HTTPException,
+        unrouted(
+            {
+                native.PREFIX: native.router.route_class,
+                "/v1": openai.OpenAIRoute,
+                "/cohere/v1": cohere.router.route_class,
+                "/cohere/v2": cohere.router_v2.route_class,
+                "/api/v1": helix.router.route_class,
+                "/api/llm": openai.OpenAIRoute,  # TrueFoundry's API is OpenAI's
+            }
+        ),
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -130,7 +148,7 @@ class _TimedProtocol(HttpToolsProtocol):
         else:
             answer = self.request_begun
         if answer:
-            self.transport.write(REQUEST_TIMEOUT)
+            self.transport.write(request_ids.written(REQUEST_TIMEOUT))
         self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -160,6 +178,16 @@ class _TimedProtocol(HttpToolsProtocol):
         self.request_begun = False
         super().on_message_complete()
 
+    def send_400_response(self, msg: str) -> None:
+        # A request too malformed to reach the app: uvicorn answers it, with its default
+        # headers, and the id every answer carries among them for this one answer.
+        shared = self.server_state.default_headers
+        self.server_state.default_headers = [*shared, request_ids.header()]
+        try:
+            super().send_400_response(msg)
+        finally:
+            self.server_state.default_headers = shared
+
 
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -188,6 +216,9 @@ async def serve(app: FastAPI, host: str, port: int) -> None:
         http=_TimedProtocol,
         lifespan="on",
         log_level=settings.log_level,
+        # uvicorn's loggers propagate to the process's handler (server.logs): structured
+        # lines that carry the request id, as the bridge's own do.
+        log_config=None,
         timeout_graceful_shutdown=GRACE_SECONDS,
         timeout_keep_alive=settings.http_keep_alive_seconds,  # type: ignore[arg-type]
         limit_concurrency=settings.http_max_connections,

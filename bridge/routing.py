@@ -7,21 +7,24 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 from fastapi import Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 from starlette.types import Message, Receive
 
 from bridge.deps import check_key
 from bridge.errors import ApiError, Code, Envelope, as_api_error
 from bridge.multipart import boundary_of
+from server.errors import MAX_ECHOED, cut
 
 log = logging.getLogger("tunewire.bridge")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -70,7 +73,88 @@ def route_class(envelope: Envelope, media_type: str = "application/json") -> typ
 
             return handle
 
+    # Read by `unrouted`, so a request no route took is answered as this surface's are.
+    SurfaceRoute.error_envelope = staticmethod(envelope)  # type: ignore[attr-defined]
+    SurfaceRoute.error_media_type = media_type  # type: ignore[attr-defined]
     return SurfaceRoute
+
+
+def unrouted(
+    surfaces: Mapping[str, type[APIRoute]],
+) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The app's handler for what Starlette's router refuses outside every route: a path
+    no route has (404) or a method no route of the path takes (405, with its `Allow`).
+    `surfaces` maps a path prefix to the route class of the surface under it; the
+    longest prefix the path has picks the envelope, so each surface's clients parse the
+    refusal as they parse its other errors. Outside every surface (the dashboard's
+    files), FastAPI's own `{"detail"}` answers."""
+    table = sorted(
+        ((prefix.rstrip("/"), route) for prefix, route in surfaces.items()),
+        key=lambda item: len(item[0]),
+        reverse=True,
+    )
+
+    async def handle(request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)
+        path = _route_path(request)
+        for prefix, route in table:
+            if path == prefix or path.startswith(prefix + "/"):
+                headers = dict(error.headers or {})
+                if error.status_code == 405:
+                    headers["Allow"] = _allowed(request)
+                failure = _refusal(request.method, path, error.status_code, headers) or (
+                    as_api_error(error)
+                )
+                return JSONResponse(
+                    route.error_envelope(failure),  # type: ignore[attr-defined]
+                    status_code=failure.http_status,
+                    headers=headers,
+                    media_type=route.error_media_type,  # type: ignore[attr-defined]
+                )
+        return await http_exception_handler(request, error)
+
+    return handle
+
+
+def _route_path(request: Request) -> str:
+    """The path routes match, without the app's root path (as Starlette's router sees it)."""
+    path: str = request.scope["path"]
+    root: str = request.scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root + "/") else path
+
+
+# The methods a 405's `Allow` may name.
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route takes at the request's path. Starlette's `Allow` names
+    only the methods of the first route of the path, which may be one of several (GET
+    and POST on a collection are two routes). Asked of the router itself, method by
+    method, so routers included in routers answer too."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    )
+
+
+def _refusal(method: str, path: str, status: int, headers: dict[str, str]) -> ApiError | None:
+    """The router's 404 or 405 as an error; None for any other status."""
+    shown = cut(path, MAX_ECHOED)
+    if status == 404:
+        # OpenAI's own words for a path it does not serve.
+        return ApiError.of(Code.NOT_FOUND, f"Invalid URL ({method} {shown})")
+    if status == 405:
+        return ApiError.of(
+            Code.UNIMPLEMENTED,
+            f"Method {method} is not allowed for {shown}; allowed: {headers['Allow']}",
+            http_status=405,
+        )
+    return None
 
 
 def _takes_form(route: APIRoute) -> bool:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -50,4 +51,28 @@ class BridgeSettings(BaseSettings):
     """Base model for Cohere and Helix fine-tunes that name none; empty: the first
     causal LM the server lists."""
     log_level: str = "warning"
-    """uvicorn's log level for `python -m bridge`."""
+    """Log level: debug, info (adds a line per request), warning or error; uvicorn's, and
+    for `python -m bridge` the whole process's."""
+    # Helix's text fine-tunes turn documents into question-answer pairs first
+    # (bridge/qa.py). Unset, they train on the documents' raw text instead.
+    qa_generator_url: str = ""
+    """Base URL of an OpenAI-compatible chat API that writes the question-answer pairs of
+    Helix sessions (e.g. `https://api.openai.com/v1`; `/chat/completions` is appended)."""
+    qa_generator_model: str = ""
+    """The model that writes the pairs: with qa_generator_url, the endpoint's model name;
+    without it, a model of this server (a base model such as the sessions' own, or a
+    fine-tuned one), run by its Generate. Empty with no URL: no pairs, raw-text training."""
+    qa_generator_key: str = ""
+    """Bearer key for qa_generator_url, if it takes one."""
+    qa_chunk_chars: int = Field(default=2000, ge=200, le=20_000)
+    """Characters of a document per generator call."""
+    qa_max_chunks_per_document: int = Field(default=8, ge=1, le=100)
+    """Chunks of each document sent to the generator (the rest of a document is not)."""
+    qa_max_chunks: int = Field(default=32, ge=1, le=200)
+    """Chunks per session, over all its documents."""
+    qa_max_pairs_per_chunk: int = Field(default=10, ge=1, le=50)
+    """Pairs asked for, and kept at most, per chunk."""
+    qa_timeout_seconds: float = Field(default=60.0, gt=0, le=600)
+    """One generator call's limit; a chunk whose call fails or runs over yields no pairs."""
+    qa_deadline_seconds: float = Field(default=180.0, gt=0, le=3600)
+    """All of a session's generator calls together; chunks not done by then yield none."""

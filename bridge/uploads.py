@@ -58,6 +58,9 @@ class Form:
     """Stored files, by part name."""
     filenames: dict[str, list[str]] = field(default_factory=dict)
     """The client's names of the parts written into each file."""
+    part_bytes: dict[str, list[int]] = field(default_factory=dict)
+    """The size of each part written into each file, in order: where each one lies in it
+    (with the destination's separator between them)."""
 
 
 # (part name, client filename, the form so far) -> how to store the part, or None
@@ -197,8 +200,10 @@ async def _read(
                         else:
                             await upload.write(destination.separator)
                         form.filenames.setdefault(name, []).append(event.filename or "")
+                        form.part_bytes.setdefault(name, []).append(0)
                     case PartData() if is_file and upload is not None:
                         await upload.write(event.data)
+                        form.part_bytes[name][-1] += len(event.data)
                     case PartData():
                         held.text(len(event.data))
                         text += event.data

@@ -13,15 +13,16 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from server import auth, secrets, webhooks
+from server import auth, reflection, secrets, webhooks
 from server.config import Settings
 from server.control_plane import ControlPlane
 from server.graders import GraderServicer
+from server.request_ids import RequestIds
 from server.rpc import RejectMalformedRequests
 from server.scheduler import Scheduler
 from server.services.auth import AuthServicer
+from server.services.conversations import ConversationServicer
 from server.services.exports import ExportServicer
 from server.services.files import FileServicer
 from server.services.jobs import JobServicer
@@ -32,6 +33,8 @@ from server.store.home import make_private
 from tunewire.v1 import (
     auth_pb2,
     auth_pb2_grpc,
+    conversations_pb2,
+    conversations_pb2_grpc,
     exports_pb2,
     exports_pb2_grpc,
     files_pb2,
@@ -75,6 +78,12 @@ SERVICES = [
         webhooks_pb2_grpc.add_WebhookServiceServicer_to_server,
         WebhookServicer,
     ),
+    (
+        conversations_pb2,
+        "ConversationService",
+        conversations_pb2_grpc.add_ConversationServiceServicer_to_server,
+        ConversationServicer,
+    ),
 ]
 
 
@@ -114,18 +123,18 @@ async def serve(settings: Settings, companions: Sequence[Companion] = ()) -> Non
         )
 
     server = grpc.aio.server(
-        interceptors=[RejectMalformedRequests()],
+        interceptors=[RequestIds(), RejectMalformedRequests()],
         options=_server_options(settings),
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+    names = [health.SERVICE_NAME, *reflection.SERVICE_NAMES]
     for module, name, add, servicer in SERVICES:
         add(servicer(plane), server)
         names.append(module.DESCRIPTOR.services_by_name[name].full_name)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(plane), server)
-    reflection.enable_server_reflection(names, server)
+    reflection.enable(names, server)
     # Before anything is announced: a SIGTERM right after the ready line must stop
     # the server gracefully, not kill it with the default handler.
     stop = asyncio.Event()

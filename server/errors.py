@@ -11,6 +11,7 @@ import sqlite3
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -21,9 +22,19 @@ MAX_ECHOED = 128
 MAX_TEXT = 1024
 
 
+# ErrorInfo.domain: who defines the reasons (AIP-193).
+DOMAIN = "tunewire"
+
+
 def cut(text: str, limit: int) -> str:
     """`text`, or its start and an ellipsis when it is longer than `limit`."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _packed(detail: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
 
 
 class TunewireError(Exception):
@@ -44,8 +55,9 @@ class InvalidArgument(TunewireError):
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
-    def __init__(self, violations: list[tuple[str, str]]) -> None:
+    def __init__(self, violations: list[tuple[str, str]], reason: str = "") -> None:
         self.violations = violations
+        self.reason = reason
         super().__init__("; ".join(f"{field}: {why}" for field, why in violations))
 
     @classmethod
@@ -61,18 +73,33 @@ class InvalidArgument(TunewireError):
                 for f, d in self.violations
             ]
         )
-        packed = any_pb2.Any()
-        packed.Pack(bad)
-        return [packed]
+        found = [_packed(bad)]
+        if self.reason:
+            # A machine-readable cause a client may branch on (OpenAI's `error.code`,
+            # e.g. invalid_n_examples), so no client has to read it out of a message.
+            found.append(_packed(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN)))
+        return found
 
 
 class NotFound(TunewireError):
-    """Missing, or owned by another organization: the two must look identical."""
+    """Missing, or owned by another organization: the two must look identical.
+
+    Carries a ResourceInfo detail (the kind and the id asked for), so each REST surface
+    can name the resource in its own words (Cohere's "dataset" for a file) without
+    reading the message."""
 
     code = grpc.StatusCode.NOT_FOUND
 
     def __init__(self, kind: str, ident: str) -> None:
-        super().__init__(f"{kind} {cut(ident, MAX_ECHOED)!r} not found")
+        self.kind = kind
+        self.ident = cut(ident, MAX_ECHOED)
+        super().__init__(f"{kind} {self.ident!r} not found")
+
+    def details(self) -> list[any_pb2.Any]:
+        info = error_details_pb2.ResourceInfo(
+            resource_type=self.kind, resource_name=self.ident, description=self.message
+        )
+        return [_packed(info)]
 
 
 class FailedPrecondition(TunewireError):

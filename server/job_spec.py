@@ -11,6 +11,7 @@ import sqlite_utils
 
 from server import classification, graders, integrations
 from server.errors import InvalidArgument
+from server.validation import describe
 from trainer.hyperparameters import TABLE
 from tunewire.v1 import files_pb2, jobs_pb2
 
@@ -96,19 +97,29 @@ def check_metadata(metadata: Mapping[str, str]) -> list[tuple[str, str]]:
 def _check_file(
     db: sqlite_utils.Database, org: str, field: str, file_id: str
 ) -> tuple[list[tuple[str, str]], File | None]:
+    # The field names the kind, so each surface's own (OpenAI's `training_file`, Cohere's
+    # `settings.dataset_id`) reads right: the descriptions never say "file".
     row = db.execute("SELECT proto FROM files WHERE id = ? AND org = ?", [file_id, org]).fetchone()
     if row is None:
-        return [(field, f"no file {file_id!r}")], None
+        return [(field, f"{file_id!r} does not exist")], None
     record = File.FromString(row[0])
     if record.purpose != File.PURPOSE_FINE_TUNE:
-        return [(field, f"file {file_id!r} was not uploaded with purpose fine-tune")], record
+        return [
+            (field, f"{file_id!r} was not uploaded for fine-tuning (purpose fine-tune)")
+        ], record
     if record.state != File.STATE_PROCESSED:
         report = record.validation
+        # The first problem, so the caller can start fixing without another request.
+        first = (
+            f" The first: {describe(p.line, p.path, p.message)}"
+            if (p := next(iter(report.problems), None))
+            else ""
+        )
         return [
             (
                 field,
-                f"file {file_id!r} failed validation with {report.problem_count} problem(s); "
-                "fix them and upload it again",
+                f"{file_id!r} failed validation with {report.problem_count} problem(s); "
+                f"fix them and upload it again.{first}",
             )
         ], record
     return [], record
@@ -125,6 +136,7 @@ def check_create(
     """The job to store, with defaults filled in; raises InvalidArgument. `encoders`: the
     base models that classify rather than generate."""
     problems: list[tuple[str, str]] = []
+    reason = ""
     method = method_name(job.method)
     if not job.base_model:
         problems.append(("job.base_model", "required"))
@@ -143,6 +155,7 @@ def check_create(
             problems += check_fits_method("job.training_file", training, method)
         report = training.validation if training and not found else None
         if report and report.format != "text" and report.example_count < MIN_EXAMPLES:
+            reason = "invalid_n_examples"  # OpenAI's code for it
             problems.append(
                 (
                     "job.training_file",
@@ -176,7 +189,7 @@ def check_create(
         problems.append(("request_id", f"at most {MAX_REQUEST_ID} characters"))
     problems += classification.check_job(db, org, job, encoders, base_models)
     if problems:
-        raise InvalidArgument(problems)
+        raise InvalidArgument(problems, reason)
 
     clean = Job()
     clean.CopyFrom(job)

@@ -90,10 +90,12 @@ assert all(
 
 
 def load(db: sqlite_utils.Database, job_id: str, org: str | None = None) -> Job:
-    """A job by id; with `org`, only that org's (others are NOT_FOUND)."""
+    """A job by id; with `org`, only that org's and not deleted (others are NOT_FOUND).
+    Without it (the scheduler, trainers' reports), a deleted job too: one deleted while
+    running is still being stopped."""
     sql, params = "SELECT proto FROM jobs WHERE id = ?", [job_id]
     if org is not None:
-        sql, params = sql + " AND org = ?", [*params, org]
+        sql, params = sql + " AND org = ? AND deleted_at IS NULL", [*params, org]
     row = db.execute(sql, params).fetchone()
     if row is None:
         raise NotFound("job", job_id)
@@ -166,8 +168,9 @@ def transition(
     if state not in ALLOWED.get(job.state, frozenset()):
         raise FailedPrecondition(f"job {job.id!r} is {job_state_name(job.state)}")
     job.state = state
+    job.update_time.CopyFrom(timestamp(now()))
     if state in FINAL_JOB_STATES:
-        job.finish_time.CopyFrom(timestamp(now()))
+        job.finish_time.CopyFrom(job.update_time)
         job.ClearField("estimated_finish")
     save(db, job, **columns)
     events.append(

@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object a line on stderr, quiet (warnings) by default."""
+"""Structured logs: one JSON object a line on stderr, quiet (warnings) by default. A line
+written while a request is served carries its id as `request_id` (server.request_ids)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import logging
 import sys
 import time
+
+from server import request_ids
 
 
 class JsonFormatter(logging.Formatter):
@@ -17,6 +20,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        # Formatted where it was logged, in the caller's context: the request's own.
+        if (ident := request_ids.current.get()) is not None:
+            entry["request_id"] = ident
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)

@@ -48,6 +48,11 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
         log.error("unexpected error in %s (ref %s)", method, ref, exc_info=error)
         error = TunewireError(f"internal error (ref {ref})")
     status = to_status(error)
+    # Only at info: a refused call is the caller's business, not the operator's, unless
+    # the operator asks (this line, with the request id, ties a client's report to it).
+    log.info(
+        "%s failed: %s", method, status.code.name, extra={"fields": {"code": status.code.name}}
+    )
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 

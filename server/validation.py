@@ -126,6 +126,26 @@ def validate_file(
     )
 
 
+def describe(line: int, path: str, message: str) -> str:
+    """A problem (a Problem, or its ValidationReport.Problem) as a sentence for people:
+    `Line 3: $.messages[0].role is 'robot'; …`, `Line 2 is not valid JSON: …`, and for
+    the file as a whole (line 0) just the message, `The file is empty; it has no
+    examples.`: never `line 0 $:`. Messages name their path already when they have one."""
+    text = message.strip().rstrip(".")
+    if line > 0:
+        said = text.lower()
+        if said.startswith(f"line {line} ") or said == f"line {line}":
+            text = text[len("line") :]  # "line 2 is not valid JSON" says the line itself
+        elif said.startswith("line ") and not said[5:6].isdigit():
+            text = f" {line}{text[len('line') :]}"  # "line must be a JSON object" -> "Line 2 must"
+        elif path in ("", "$") or path in text:
+            text = f" {line}: {text}"
+        else:
+            text = f" {line}, {path}: {text}"
+        text = "Line" + text
+    return text[:1].upper() + text[1:] + "."
+
+
 Blocks = Iterator[tuple[int, list[bytes | _Overlong], int]]
 """Each block's offset, its lines and the line-length cap."""
 

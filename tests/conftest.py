@@ -214,13 +214,16 @@ class Server:
 
 
 def launch(home: Path, models_dir: Path | None, logs: Path, **extra_env: str) -> Server:
-    """Start `tunewire up` on a free port and wait for its ready line."""
+    """Start `tunewire up` on a free port (or TUNEWIRE_GRPC_PORT's, when given) and wait
+    for its ready line."""
     home.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
     stdout_path, stderr_path = logs / "stdout.txt", logs / "stderr.txt"
+    # The flag would override the setting, which some tests start the server by.
+    port = [] if "TUNEWIRE_GRPC_PORT" in extra_env else ["--grpc-port", "0"]
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         process = subprocess.Popen(
-            [*tunewire_command(), "up", "--grpc-port", "0"],
+            [*tunewire_command(), "up", *port],
             env=clean_env(home, models_dir, **extra_env),
             stdout=out,
             stderr=err,

@@ -20,6 +20,7 @@ from google.protobuf.descriptor import MethodDescriptor
 
 from tunewire.v1 import (
     auth_pb2,
+    conversations_pb2,
     exports_pb2,
     files_pb2,
     files_pb2_grpc,
@@ -31,7 +32,15 @@ from tunewire.v1 import (
 Code = grpc.StatusCode
 SERVICES = [
     service
-    for module in (auth_pb2, files_pb2, jobs_pb2, models_pb2, exports_pb2, webhooks_pb2)
+    for module in (
+        auth_pb2,
+        files_pb2,
+        jobs_pb2,
+        models_pb2,
+        exports_pb2,
+        webhooks_pb2,
+        conversations_pb2,
+    )
     for service in module.DESCRIPTOR.services_by_name.values()
 ]
 RPCS = [method for service in SERVICES for method in service.methods]
@@ -87,6 +96,7 @@ def test_the_rpc_list_covers_every_public_service() -> None:
         "tunewire.v1.ModelService",
         "tunewire.v1.ExportService",
         "tunewire.v1.WebhookService",
+        "tunewire.v1.ConversationService",
     }
     assert len(RPCS) >= 22
 
@@ -221,6 +231,7 @@ def test_another_orgs_file_is_not_found(
         "CancelJob",
         "PauseJob",
         "ResumeJob",
+        "DeleteJob",
         "ListJobEvents",
         "StreamJobEvents",
         "ListCheckpoints",

@@ -33,6 +33,7 @@ from bridge.main import create_app
 from bridge.routes.native import BINDINGS
 from tunewire.v1 import (
     auth_pb2,
+    conversations_pb2,
     exports_pb2,
     files_pb2,
     graders_pb2,
@@ -252,6 +253,7 @@ def test_every_annotated_rpc_is_bound_once() -> None:
             worker_pb2,
             graders_pb2,
             webhooks_pb2,
+            conversations_pb2,
         )
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods

@@ -1,4 +1,4 @@
-"""OpenAI's API on the bridge (`/v1`), and TrueFoundry's jobs (`/api/llm`): the
+"""OpenAI's API on the bridge (`/v1`), and TrueFoundry's files and jobs (`/api/llm`): the
 official `openai` SDK, pointed at the bridge with `base_url`, runs a whole
 fine-tune unchanged; objects and errors have OpenAI's shapes."""
 
@@ -77,10 +77,14 @@ def test_openai_sdk_runs_a_whole_fine_tune(live: Stack) -> None:
             "fine-tune",
         )
         assert uploaded.bytes == SAMPLE_CHAT.stat().st_size
+        held_out = client.files.create(
+            file=("held-out.jsonl", chat_lines(10, "sdk-flow")), purpose="fine-tune"
+        )
 
         job = client.fine_tuning.jobs.create(
             model="tiny-llama",
             training_file=uploaded.id,
+            validation_file=held_out.id,
             suffix="sdk-flow",
             method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}},
         )
@@ -111,9 +115,18 @@ def test_openai_sdk_runs_a_whole_fine_tune(live: Stack) -> None:
         older = client.fine_tuning.jobs.list_events(job.id, limit=100, after=events.data[-1].id)
         every = [e.id for e in events.data + older.data]
         assert len(every) == len(set(every))
-        metrics = [e for e in older.data if e.type == "metrics"]
+        metrics = [e for e in events.data + older.data if e.type == "metrics"]
         assert metrics and {"step", "train_loss"} <= set(metrics[0].data)
-        assert re.fullmatch(r"Step \d+/\d+: training loss=\d+\.\d\d", metrics[0].message)
+        # A step that validated has the figures in its metrics event, where OpenAI's
+        # clients read them; the last step of an epoch always validates.
+        assert {"valid_loss", "valid_mean_token_accuracy"} <= set(metrics[0].data)
+        assert metrics[0].data["step"] == metrics[0].data["total_steps"]
+        for event in metrics:
+            validated = "valid_loss" in event.data
+            shape = r"Step \d+/\d+: training loss=\d+\.\d\d" + (
+                r", validation loss=\d+\.\d\d" if validated else ""
+            )
+            assert re.fullmatch(shape, event.message), event
         all_events = list(client.fine_tuning.jobs.list_events(job.id, limit=7))  # auto-paging
         assert [e.id for e in all_events] == every
 
@@ -126,6 +139,8 @@ def test_openai_sdk_runs_a_whole_fine_tune(live: Stack) -> None:
         )
         assert checkpoint.metrics.step == checkpoint.step_number
         assert checkpoint.metrics.train_loss is not None
+        assert checkpoint.step_number == metrics[0].data["step"]
+        assert checkpoint.metrics.valid_loss == pytest.approx(metrics[0].data["valid_loss"])
 
         chat = client.chat.completions.create(
             model=job.fine_tuned_model,
@@ -187,6 +202,83 @@ def test_chat_and_completions_stream_chunks(client: openai.OpenAI) -> None:
     assert refused.value.param == "n"
 
 
+TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}},
+    }
+]
+
+
+def test_generation_refuses_what_it_does_not_serve(client: openai.OpenAI, rest: Stack) -> None:
+    hi = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(**hi, tools=TOOLS)
+    assert refused.value.param == "tools" and refused.value.type == "invalid_request_error"
+    assert "tools are not supported" in refused.value.message
+    for given, param in [
+        ({"tools": TOOLS, "tool_choice": "auto", "stream": True}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"functions": [TOOLS[0]["function"]]}, "functions"),
+        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": -1}, "frequency_penalty"),
+        ({"logit_bias": {"42": 10}}, "logit_bias"),
+        ({"reasoning_effort": "high"}, "reasoning_effort"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"store": True}, "store"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(**hi, **given)
+        assert refused.value.param == param, given
+        assert param in refused.value.message and "not supported" in refused.value.message
+    tool_turn = {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function"}]}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(**{**hi, "messages": [*hi["messages"], tool_turn]})
+    assert refused.value.param == "messages"
+
+    # OpenAI's "none" is plain chat; values that change nothing are served as absent.
+    chat = client.chat.completions.create(
+        **hi,
+        tools=TOOLS,
+        tool_choice="none",
+        parallel_tool_calls=False,
+        logprobs=False,
+        presence_penalty=0,
+        frequency_penalty=0,
+        logit_bias={},
+        response_format={"type": "text"},
+        modalities=["text"],
+        n=1,
+        user="someone",
+        metadata={"k": "v"},
+        temperature=0,
+    )
+    assert isinstance(chat.choices[0].message.content, str)
+    assert chat.choices[0].message.tool_calls is None and chat.choices[0].logprobs is None
+
+    for given, param in [
+        ({"logprobs": 2}, "logprobs"),
+        ({"echo": True}, "echo"),
+        ({"best_of": 3}, "best_of"),
+        ({"suffix": "end"}, "suffix"),
+        ({"presence_penalty": 1}, "presence_penalty"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.completions.create(model="tiny-llama", prompt="Hi", max_tokens=4, **given)
+        assert refused.value.param == param, given
+    client.completions.create(model="tiny-llama", prompt="Hi", max_tokens=4, echo=False, best_of=1)
+
+    # Every refusal at once, as elsewhere; the envelope names the first.
+    with rest.http() as http:
+        both = http.post("/v1/chat/completions", json={**hi, "tools": TOOLS, "logprobs": True})
+    error = error_of(both)
+    assert both.status_code == 400 and error["param"] == "tools"
+    assert "tools:" in error["message"] and "logprobs:" in error["message"]
+
+
 def test_files(client: openai.OpenAI, rest: Stack) -> None:
     data = chat_lines(10, "openai-files")
     older = client.files.create(file=("older.jsonl", chat_lines(10, "older")), purpose="fine-tune")
@@ -206,7 +298,7 @@ def test_files(client: openai.OpenAI, rest: Stack) -> None:
     broken = client.files.create(
         file=("bad.jsonl", b'{"messages": []}\nnot json\n'), purpose="fine-tune"
     )
-    assert broken.status == "error" and "line 2" in broken.status_details
+    assert broken.status == "error" and "Line 2 is not valid JSON" in broken.status_details
 
     with rest.http() as http:
         raw = http.get(f"/v1/files/{uploaded.id}").json()
@@ -388,4 +480,34 @@ def test_truefoundry_jobs_take_the_openai_shape(rest: Stack) -> None:
             == "cancelled"
         )
         missing = http.get("/api/llm/fine_tuning/jobs/ftjob-nope")
-        assert missing.status_code == 404 and error_of(missing)["code"] == "not_found"
+        assert missing.status_code == 404 and error_of(missing)["code"] is None  # as OpenAI's
+
+
+def test_truefoundry_serves_files_for_the_openai_sdk(rest: Stack) -> None:
+    # TrueFoundry's clients are OpenAI's SDK with base_url ".../api/llm": it uploads to
+    # /api/llm/files, then creates the job with that file under the same prefix.
+    with openai.OpenAI(base_url=f"{rest.url}/api/llm", api_key=rest.key, max_retries=0) as tf:
+        data = chat_lines(10, "truefoundry-sdk")
+        uploaded = tf.files.create(file=("tf-sdk.jsonl", data), purpose="fine-tune")
+        assert (uploaded.object, uploaded.status, uploaded.bytes) == (
+            "file",
+            "processed",
+            len(data),
+        )
+        assert tf.files.retrieve(uploaded.id) == uploaded
+        assert tf.files.content(uploaded.id).read() == data
+        assert tf.files.list(limit=1).data[0].id == uploaded.id  # newest first
+
+        job = tf.fine_tuning.jobs.create(
+            model="tiny-llama", training_file=uploaded.id, suffix="tf-sdk"
+        )
+        assert job.training_file == uploaded.id and job.status in ("validating_files", "queued")
+        assert tf.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+
+        # One set of files, whichever surface uploaded them.
+        with sdk(rest) as client:
+            assert client.files.retrieve(uploaded.id) == uploaded
+        notes = tf.files.create(file=("notes.txt", b"anything"), purpose="user_data")
+        assert tf.files.delete(notes.id).deleted
+        with pytest.raises(openai.NotFoundError):
+            tf.files.retrieve(notes.id)

@@ -5,8 +5,10 @@ The server runs no trainers (TUNEWIRE_MAX_RUNNING_JOBS=0), so created jobs stay 
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import secrets
+import sqlite3
 import threading
 
 import grpc
@@ -25,7 +27,7 @@ from conftest import (
 )
 from google.protobuf import field_mask_pb2
 
-from tunewire.v1 import events_pb2, jobs_pb2
+from tunewire.v1 import auth_pb2, events_pb2, jobs_pb2
 
 Code = grpc.StatusCode
 Event = events_pb2.Event
@@ -353,6 +355,7 @@ def test_failed_creates_leave_no_job(server: Server) -> None:
         "CancelJob",
         "PauseJob",
         "ResumeJob",
+        "DeleteJob",
         "ListJobEvents",
         "StreamJobEvents",
         "ListCheckpoints",
@@ -444,6 +447,34 @@ def test_pause_and_resume_need_a_running_or_paused_job(
     cancel(org, job.id)
     assert "cancelled" in fails(Code.FAILED_PRECONDITION, call, request).message
     assert len(events_of(org, job.id)) == 3
+
+
+# --- DeleteJob --------------------------------------------------------------------------------
+
+
+def test_delete_cancels_and_hides_the_job(server: Server) -> None:
+    fresh = server.new_org("delete-jobs")
+    record = fresh.upload_sample()
+    kept, doomed = (fresh.create_job(record.id, metadata={"team": "a"}) for _ in range(2))
+    caller = fresh.auth.GetCaller(auth_pb2.GetCallerRequest())
+    assert doomed.creator == caller.key_id  # the key that created it
+    created = doomed.create_time.ToNanoseconds()
+    assert doomed.update_time.ToNanoseconds() >= created > 0  # queued: its last change
+
+    fresh.jobs.DeleteJob(jobs_pb2.DeleteJobRequest(job_id=doomed.id))
+    for rpc in ("GetJob", "CancelJob", "ListJobEvents", "DeleteJob"):
+        request = getattr(jobs_pb2, f"{rpc}Request")(job_id=doomed.id)
+        assert fails(Code.NOT_FOUND, getattr(fresh.jobs, rpc), request).message == (
+            f"job {doomed.id!r} not found"
+        )
+    listed = fresh.jobs.ListJobs(jobs_pb2.ListJobsRequest())
+    assert ([j.id for j in listed.jobs], listed.total_size) == ([kept.id], 1)
+    by_metadata = fresh.jobs.ListJobs(jobs_pb2.ListJobsRequest(metadata={"team": "a"}))
+    assert [j.id for j in by_metadata.jobs] == [kept.id]
+    # A queued job was cancelled first: a deleted job never trains.
+    with contextlib.closing(sqlite3.connect(server.home / "tunewire.db")) as db:
+        (state,) = db.execute("SELECT state FROM jobs WHERE id = ?", [doomed.id]).fetchone()
+    assert state == Job.STATE_CANCELLED
 
 
 # --- ListJobEvents ----------------------------------------------------------------------------
@@ -566,6 +597,7 @@ def test_update_job_changes_metadata_only(org: Org, train_file: File) -> None:
         jobs_pb2.UpdateJobRequest(job=Job(id=job.id, metadata={"team": "b"}), update_mask=mask)
     )
     assert dict(changed.metadata) == {"team": "b"}
+    assert changed.update_time.ToNanoseconds() > job.update_time.ToNanoseconds()
     got = org.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
     assert dict(got.metadata) == {"team": "b"} and got.base_model == job.base_model
     listed = org.jobs.ListJobs(jobs_pb2.ListJobsRequest(metadata={"team": "b"})).jobs

@@ -1,18 +1,22 @@
-"""The server as a process: health, reflection, graceful stop, restarts, error hygiene;
-and what ModelService and ExportService answer before any model exists (with a trained
-model they are tested in test_models_api.py)."""
+"""The server as a process: health, reflection, graceful stop, restarts, error hygiene, the
+CLI finding it by the same settings; and what ModelService and ExportService answer before
+any model exists (with a trained model they are tested in test_models_api.py)."""
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Server, fails, invalid
-from google.protobuf import descriptor_pool, message_factory
+from conftest import REPO, Server, chat_lines, clean_env, fails, invalid, launch, tunewire_command
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -20,6 +24,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from server.app import GRACE_SECONDS
+from server.reflection import V1_SERVICE_NAME as V1_REFLECTION
 from tunewire.v1 import auth_pb2, exports_pb2, files_pb2, jobs_pb2, models_pb2
 
 Code = grpc.StatusCode
@@ -70,6 +75,72 @@ def test_reflection_describes_the_public_api(server: Server) -> None:
         assert "request_id" in request_class.DESCRIPTOR.fields_by_name
 
 
+BUF = REPO / ".venv" / "node_modules" / ".bin" / "buf"
+
+
+def _buf_curl(server: Server, *args: str, reflection: str = "grpc-v1") -> str:
+    if not BUF.exists():
+        pytest.fail(f"buf is missing; run: make {BUF.relative_to(REPO)}")
+    done = subprocess.run(
+        [
+            str(BUF),
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "--reflect-protocol",
+            reflection,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("reflection", ["grpc-v1", "grpc-v1alpha"])
+def test_reflection_serves_v1_and_v1alpha_to_buf_curl(server: Server, reflection: str) -> None:
+    base = f"http://{server.address}"
+    methods = _buf_curl(server, "--list-methods", base, reflection=reflection).split()
+    assert {"tunewire.v1.FileService/ListFiles", "tunewire.v1.JobService/CreateJob"} <= set(methods)
+    services = _buf_curl(server, "--list-services", base, reflection=reflection).split()
+    assert {"grpc.reflection.v1.ServerReflection", *PUBLIC} <= set(services)
+    # A call built from reflection alone, as grpcurl and Postman build theirs.
+    org = server.new_org(f"buf-{reflection}")
+    record = org.upload(b"reflected", "reflected.bin", files_pb2.File.PURPOSE_USER_DATA)
+    reply = _buf_curl(
+        server,
+        "-H",
+        f"authorization: Bearer {org.key}",
+        "-d",
+        "{}",
+        f"{base}/tunewire.v1.FileService/ListFiles",
+        reflection=reflection,
+    )
+    assert [f["id"] for f in json.loads(reply)["files"]] == [record.id]
+
+
+def test_reflection_v1_describes_itself(server: Server) -> None:
+    """v1 is served by v1alpha's servicer; its descriptor is derived, and served too."""
+    v1 = descriptor_pool.Default().FindServiceByName("grpc.reflection.v1.ServerReflection")
+    assert v1.file.name == "grpc/reflection/v1/reflection.proto"
+    with server.channel() as channel:
+        info = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=v1.full_name)
+        (reply,) = info(iter([request]), timeout=10)
+    [served] = reply.file_descriptor_response.file_descriptor_proto
+    proto = descriptor_pb2.FileDescriptorProto.FromString(served)
+    assert (proto.name, proto.package) == (v1.file.name, "grpc.reflection.v1")
+    method = proto.service[0].method[0]
+    assert method.input_type == ".grpc.reflection.v1.ServerReflectionRequest"
+
+
 # --- error hygiene ----------------------------------------------------------------------------
 
 
@@ -94,6 +165,7 @@ def _all_methods():
     ]
     services.append(health_pb2.DESCRIPTOR.services_by_name["Health"])
     services.append(reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"])
+    services.append(descriptor_pool.Default().FindServiceByName(V1_REFLECTION))
     return [method for service in services for method in service.methods]
 
 
@@ -113,7 +185,7 @@ def test_garbage_bytes_are_invalid_argument_not_unknown(server: Server) -> None:
 
 def test_unknown_methods_are_unimplemented(server: Server) -> None:
     with server.channel() as channel:
-        for path in ["/tunewire.v1.JobService/DeleteJob", "/tunewire.v1.Nope/Get"]:
+        for path in ["/tunewire.v1.JobService/RenameJob", "/tunewire.v1.Nope/Get"]:
             fails(
                 Code.UNIMPLEMENTED,
                 channel.unary_unary(path),
@@ -204,6 +276,52 @@ def test_the_server_serves_on_the_host_it_is_told(start_server: Callable[..., Se
     srv = start_server(TUNEWIRE_HOST="localhost")
     assert srv.address.startswith("localhost:")
     srv.default.files.ListFiles(files_pb2.ListFilesRequest())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_cli_dials_where_the_port_setting_puts_the_server(tmp_path: Path) -> None:
+    port, nobody = _free_port(), _free_port()
+    srv = launch(tmp_path / "home", None, tmp_path / "logs", TUNEWIRE_GRPC_PORT=str(port))
+    try:
+        assert srv.address == f"127.0.0.1:{port}" and srv.default
+        record = srv.default.upload(chat_lines(10, "cli-port"), "cli-port.jsonl")
+
+        def files_list(*flags: str, **settings: str) -> subprocess.CompletedProcess[str]:
+            # Only the settings given, and the key; no home holding a key file.
+            env = clean_env(tmp_path / "elsewhere", None, TUNEWIRE_API_KEY=srv.default.key)
+            env.update(settings)
+            return subprocess.run(
+                [*tunewire_command(), "files", "list", *flags],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        listed = files_list(TUNEWIRE_GRPC_PORT=str(port))
+        assert listed.returncode == 0 and record.id in listed.stdout, listed.stderr
+        # Precedence: --address, then TUNEWIRE_ADDRESS, then the server's own settings.
+        flag = files_list(
+            "--address",
+            srv.address,
+            TUNEWIRE_ADDRESS=f"127.0.0.1:{nobody}",
+            TUNEWIRE_GRPC_PORT=str(nobody),
+        )
+        assert flag.returncode == 0 and record.id in flag.stdout, flag.stderr
+        env = files_list(TUNEWIRE_ADDRESS=srv.address, TUNEWIRE_GRPC_PORT=str(nobody))
+        assert env.returncode == 0 and record.id in env.stdout, env.stderr
+        missed = files_list(TUNEWIRE_GRPC_PORT=str(nobody))
+        assert missed.returncode == 1 and "UNAVAILABLE" in missed.stderr, missed.stderr
+    finally:
+        try:
+            assert srv.terminate() == 0, srv.stderr
+        finally:
+            srv.kill()
 
 
 # --- ModelService -----------------------------------------------------------------------------

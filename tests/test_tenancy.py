@@ -567,6 +567,7 @@ BODY_REFERENCES: dict[tuple[str, str], tuple[str, Callable[[str], dict]]] = {
 HTTP_CREATES_ONLY = {
     ("post", "/tunewire/v1/files"),
     ("post", "/v1/files"),
+    ("post", "/api/llm/files"),
     ("post", "/cohere/v1/datasets"),
     ("post", "/api/v1/sessions/learn"),
     ("post", "/tunewire/v1/webhook_endpoints"),

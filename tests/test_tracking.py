@@ -145,13 +145,12 @@ def run_to_end(org: Org, job_id: str) -> tuple[Job, list[Event]]:
 
 
 def event_metrics(events: list[Event]) -> dict[int, dict[str, float]]:
-    """step -> every metric the job's events hold at it: the metrics events' and the
-    validation events'."""
+    """step -> every metric the job's events hold at it: its metrics event's, which has
+    the validation's figures too at a step that validated."""
     found: dict[int, dict[str, float]] = defaultdict(dict)
     for event in events:
-        data = dict(event.data)
-        validation = "validation loss=" in event.message and "valid_loss" in data
-        if event.type == Event.TYPE_METRICS or validation:
+        if event.type == Event.TYPE_METRICS:
+            data = dict(event.data)
             step = int(data["step"])
             found[step] |= {k: v for k, v in data.items() if k not in NOT_METRICS}
     assert found, [e.message for e in events]

@@ -383,36 +383,25 @@ def run(args: TrainArgs, cb: Callbacks) -> TrainResult:
                 "valid_macro_f1": None,
             }
             progress.history.append(row)
-            if progress.step % args.log_every_steps == 0 or progress.step == total_steps:
-                cb.on_metrics(
-                    step=progress.step,
-                    total_steps=total_steps,
-                    epoch=progress.step / steps_per_epoch,
-                    train_loss=train_loss,
-                    train_mean_token_accuracy=train_accuracy,
-                    learning_rate=learning_rate,
-                    tokens_per_second=log_tokens / log_seconds if log_seconds else 0.0,
-                    tokens_trained=progress.tokens_trained,
-                )
-                log_tokens, log_seconds = 0, 0.0
-
             checkpoint_due = last_of_epoch or (
                 args.checkpoint_every_steps > 0 and progress.step % args.checkpoint_every_steps == 0
             )
             eval_due = checkpoint_due or (
                 args.eval_every_steps > 0 and progress.step % args.eval_every_steps == 0
             )
+            validated: dict[str, float] = {}
             if valid_set is not None and eval_due:
                 scores = evaluate(model, valid_set, names, pad_id, hp.batch_size, bf16)
                 valid_loss = scores.loss
                 row["valid_loss"] = valid_loss
                 row["valid_mean_token_accuracy"] = scores.accuracy
                 row["valid_macro_f1"] = scores.macro_f1
-                progress.metrics.update(
-                    valid_loss=valid_loss,
-                    valid_mean_token_accuracy=scores.accuracy,
-                    valid_macro_f1=scores.macro_f1,
-                )
+                validated = {
+                    "valid_loss": valid_loss,
+                    "valid_mean_token_accuracy": scores.accuracy,
+                    "valid_macro_f1": scores.macro_f1,
+                }
+                progress.metrics.update(validated)
                 cb.on_validation(
                     step=progress.step,
                     valid_loss=valid_loss,
@@ -435,6 +424,21 @@ def run(args: TrainArgs, cb: Callbacks) -> TrainResult:
                 early_stopped = (
                     0 < args.early_stopping_patience <= progress.evaluations_without_improvement
                 )
+            # After the validation, with its figures: one report a step (trainer.recipe).
+            logged = progress.step % args.log_every_steps == 0 or progress.step == total_steps
+            if logged or validated:
+                cb.on_metrics(
+                    step=progress.step,
+                    total_steps=total_steps,
+                    epoch=progress.step / steps_per_epoch,
+                    train_loss=train_loss,
+                    train_mean_token_accuracy=train_accuracy,
+                    learning_rate=learning_rate,
+                    tokens_per_second=log_tokens / log_seconds if log_seconds else 0.0,
+                    tokens_trained=progress.tokens_trained,
+                    **validated,
+                )
+                log_tokens, log_seconds = 0, 0.0
             if checkpoint_due or early_stopped:
                 save_checkpoint()
                 saved_step = progress.step

@@ -121,17 +121,20 @@ class Callbacks:
     on_start: Callable[[RunInfo], None] = _ignore
     """Once, before the first step: resolved hyperparameters, step and data counts."""
     on_metrics: MetricsCallback = _ignore
-    """Every `log_every_steps` optimizer steps (keyword arguments): the step's token-mean
-    train loss and accuracy, the learning rate it used, training tokens/s since the last
-    report, and non-padding tokens trained so far. `epoch` is fractional progress. A
-    method's own metrics come as more keywords: DPO's train_rewards_chosen,
-    train_rewards_rejected, train_reward_accuracy and train_reward_margin."""
+    """Every `log_every_steps` optimizer steps, and at every step a validation ran
+    (keyword arguments): the step's token-mean train loss and accuracy, the learning rate
+    it used, training tokens/s since the last report, and non-padding tokens trained so
+    far. `epoch` is fractional progress. A method's own metrics come as more keywords:
+    DPO's train_rewards_chosen, train_rewards_rejected, train_reward_accuracy and
+    train_reward_margin. After a validation, its figures too, as on_validation has them
+    (valid_loss, valid_mean_token_accuracy, ...): at most one report a step."""
     on_event: EventCallback = _ignore
     """(level "info"|"warn"|"error", message, data): things a user should read, e.g. how
     many examples were truncated."""
     on_validation: ValidationCallback = _ignore
-    """After each validation (keyword arguments), on the whole validation set; a method's
-    own metrics as more keywords (DPO's valid_reward_accuracy, ...)."""
+    """After each validation (keyword arguments), on the whole validation set, before that
+    step's on_metrics; a method's own metrics as more keywords (DPO's
+    valid_reward_accuracy, ...)."""
     on_checkpoint: CheckpointCallback = _ignore
     """After a checkpoint directory is complete and in place (keyword arguments)."""
     control: Callable[[], Command] = _keep_going
@@ -473,26 +476,13 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
                 **{f"valid_{name}": None for name in method.metric_names},
             }
             progress.history.append(row)
-            if progress.step % args.log_every_steps == 0 or progress.step == total_steps:
-                cb.on_metrics(
-                    step=progress.step,
-                    total_steps=total_steps,
-                    epoch=progress.step / steps_per_epoch,
-                    train_loss=train_loss,
-                    train_mean_token_accuracy=train_accuracy,
-                    learning_rate=learning_rate,
-                    tokens_per_second=log_tokens / log_seconds if log_seconds else 0.0,
-                    tokens_trained=progress.tokens_trained,
-                    **extra,
-                )
-                log_tokens, log_seconds = 0, 0.0
-
             checkpoint_due = last_of_epoch or (
                 args.checkpoint_every_steps > 0 and progress.step % args.checkpoint_every_steps == 0
             )
             eval_due = checkpoint_due or (
                 args.eval_every_steps > 0 and progress.step % args.eval_every_steps == 0
             )
+            validated: dict[str, float] = {}
             if valid_data is not None and eval_due:
                 validated = {f"valid_{name}": value for name, value in evaluate(valid_data).items()}
                 valid_loss = validated["valid_loss"]
@@ -510,6 +500,23 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
                 early_stopped = (
                     0 < args.early_stopping_patience <= (progress.evaluations_without_improvement)
                 )
+            # After the validation: the step's one report carries its figures, as OpenAI's
+            # metrics events do, so a validation step is reported whatever log_every_steps.
+            logged = progress.step % args.log_every_steps == 0 or progress.step == total_steps
+            if logged or validated:
+                cb.on_metrics(
+                    step=progress.step,
+                    total_steps=total_steps,
+                    epoch=progress.step / steps_per_epoch,
+                    train_loss=train_loss,
+                    train_mean_token_accuracy=train_accuracy,
+                    learning_rate=learning_rate,
+                    tokens_per_second=log_tokens / log_seconds if log_seconds else 0.0,
+                    tokens_trained=progress.tokens_trained,
+                    **extra,
+                    **validated,
+                )
+                log_tokens, log_seconds = 0, 0.0
             if checkpoint_due or early_stopped:
                 save_checkpoint()
                 saved_step = progress.step

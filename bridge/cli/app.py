@@ -35,7 +35,9 @@ def up(
     host: Annotated[str | None, typer.Option(help="Interface to serve on.")] = None,
     grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 50051).")] = None,
     http_port: Annotated[int | None, typer.Option(help="REST port (default 8080).")] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "warning",
+    log_level: Annotated[
+        str, typer.Option(envvar="TUNEWIRE_LOG_LEVEL", help="debug, info, warning, error.")
+    ] = "warning",
 ) -> None:
     """Serve the gRPC API and the REST bridge, and run trainers, until SIGTERM / Ctrl-C."""
     from bridge.main import create_app
@@ -96,7 +98,7 @@ def keys_revoke(key_id: str) -> None:
 
 
 @app.command()
-def whoami(address: Address = "localhost:50051", api_key: ApiKey = None) -> None:
+def whoami(address: Address = None, api_key: ApiKey = None) -> None:
     """Check your API key: the organization and key it is."""
     client = connect(address, api_key)
     try:
@@ -109,7 +111,7 @@ def whoami(address: Address = "localhost:50051", api_key: ApiKey = None) -> None
 def files_upload(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
     purpose: Annotated[str, typer.Option(help="fine-tune or user-data.")] = "fine-tune",
-    address: Address = "localhost:50051",
+    address: Address = None,
     api_key: ApiKey = None,
 ) -> None:
     """Upload a file; a fine-tune file is validated and its report printed."""
@@ -128,7 +130,7 @@ def files_upload(
 
 
 @files_app.command("list")
-def files_list(address: Address = "localhost:50051", api_key: ApiKey = None) -> None:
+def files_list(address: Address = None, api_key: ApiKey = None) -> None:
     """List your files, newest first."""
     client = connect(address, api_key)
     table = new_table("id", "filename", "bytes", "state", "examples")
@@ -155,7 +157,7 @@ def files_list(address: Address = "localhost:50051", api_key: ApiKey = None) -> 
 
 
 @files_app.command("get")
-def files_get(file_id: str, address: Address = "localhost:50051", api_key: ApiKey = None):
+def files_get(file_id: str, address: Address = None, api_key: ApiKey = None):
     """Show a file with its validation report."""
     client = connect(address, api_key)
     try:
@@ -211,7 +213,7 @@ def jobs_create(
     metadata: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
     request_id: Annotated[str, typer.Option(help="Idempotency key.")] = "",
     watch: Annotated[bool, typer.Option(help="Watch it after creating it.")] = False,
-    address: Address = "localhost:50051",
+    address: Address = None,
     api_key: ApiKey = None,
 ) -> None:
     """Create a fine-tuning job."""
@@ -254,7 +256,7 @@ def jobs_create(
 def jobs_list(
     metadata: Annotated[list[str] | None, typer.Option(help="KEY=VALUE filter.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
-    address: Address = "localhost:50051",
+    address: Address = None,
     api_key: ApiKey = None,
 ) -> None:
     """List jobs, newest first."""
@@ -275,7 +277,7 @@ def jobs_list(
 
 
 @jobs_app.command("get")
-def jobs_get(job_id: str, address: Address = "localhost:50051", api_key: ApiKey = None):
+def jobs_get(job_id: str, address: Address = None, api_key: ApiKey = None):
     """Show a job."""
     client = connect(address, api_key)
     try:
@@ -285,7 +287,7 @@ def jobs_get(job_id: str, address: Address = "localhost:50051", api_key: ApiKey 
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: str, address: Address = "localhost:50051", api_key: ApiKey = None):
+def jobs_cancel(job_id: str, address: Address = None, api_key: ApiKey = None):
     """Cancel a job: a queued one at once, a running one within a step."""
     client = connect(address, api_key)
     try:
@@ -302,7 +304,7 @@ def jobs_cancel(job_id: str, address: Address = "localhost:50051", api_key: ApiK
 def jobs_watch(
     job_id: str,
     after: Annotated[int, typer.Option(help="Resume after this event sequence.")] = 0,
-    address: Address = "localhost:50051",
+    address: Address = None,
     api_key: ApiKey = None,
 ) -> None:
     """Stream a job's events live until it finishes, with a progress bar while it trains."""

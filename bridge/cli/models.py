@@ -80,7 +80,7 @@ def models_pull(
 
 
 @models_app.command("list")
-def models_list(address: Address = "localhost:50051", api_key: ApiKey = None) -> None:
+def models_list(address: Address = None, api_key: ApiKey = None) -> None:
     """List base models and your fine-tuned models."""
     from tunewire.v1 import models_pb2
 
@@ -101,7 +101,7 @@ def models_list(address: Address = "localhost:50051", api_key: ApiKey = None) ->
 
 
 @models_app.command("get")
-def models_get(model_id: str, address: Address = "localhost:50051", api_key: ApiKey = None):
+def models_get(model_id: str, address: Address = None, api_key: ApiKey = None):
     """Show a fine-tuned (or checkpoint) model with its adapter's files."""
     client = connect(address, api_key)
     try:
@@ -114,7 +114,7 @@ def models_get(model_id: str, address: Address = "localhost:50051", api_key: Api
 
 
 @models_app.command("delete")
-def models_delete(model_id: str, address: Address = "localhost:50051", api_key: ApiKey = None):
+def models_delete(model_id: str, address: Address = None, api_key: ApiKey = None):
     """Delete a fine-tuned model."""
     client = connect(address, api_key)
     try:
@@ -134,7 +134,7 @@ def models_export(
     download: Annotated[
         Path | None, typer.Option(help="Download the artifacts into this directory.")
     ] = None,
-    address: Address = "localhost:50051",
+    address: Address = None,
     api_key: ApiKey = None,
 ) -> None:
     """Export a model (merged safetensors or ONNX) and wait for it, printing its progress."""
@@ -248,7 +248,7 @@ def models_generate(
     stop: Annotated[list[str] | None, typer.Option(help="Stop sequence, repeatable.")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
     export_id: Annotated[str, typer.Option(help="Run this ONNX export instead.")] = "",
-    address: Address = "localhost:50051",
+    address: Address = None,
     api_key: ApiKey = None,
 ) -> None:
     """Generate from a model, streaming the text to the terminal as it is produced."""

@@ -5,7 +5,9 @@ Cohere's shapes and enums, so the official SDK works with
 A dataset is a Tunewire fine-tune file; one uploaded with `eval_data` is two
 files, and its id joins theirs with `~` (the evaluation file is also named
 after the training file, so listings pair them). A finetuned model is a job:
-its name is kept in the job's metadata.
+its name and the base type it was asked for are kept in the job's metadata, and
+deleting it deletes the job. Chat with one is `cohere_chat`'s, at `/cohere/v1/chat`
+and `/cohere/v2/chat`.
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ from bridge.backend import (
 )
 from bridge.deps import Auth, BackendDep, Int32, SettingsDep
 from bridge.errors import ApiError, Code
-from bridge.routes import cohere_classify
+from bridge.routes import cohere_chat, cohere_classify
 from bridge.routing import route_class
 from bridge.uploads import BINARY, Destination, Form, form_openapi, streamed_form
-from server.states import FINAL_JOB_STATES
+from server.validation import describe
 from trainer.hyperparameters import BASE_LEARNING_RATE
 from trainer.hyperparameters import BY_NAME as HYPERPARAMETERS
 from tunewire.v1 import events_pb2, files_pb2, jobs_pb2, models_pb2
@@ -51,6 +53,9 @@ DATASET_TYPE = "chat-finetune-input"
 EVAL_JOIN = "~"
 EVAL_NAME = re.compile(r"^(file-[0-9a-f]+)\.eval\.jsonl$")
 NAME_KEY = "name"
+# The base type a chat fine-tune was asked for (chat or generative: the same training
+# here), kept to be shown back as it was given.
+BASE_TYPE_KEY = "base_type"
 # Cohere's names for the hyperparameters of the one table it has, and the factor from
 # ours to its units: Cohere takes an absolute learning rate, Tunewire a multiplier.
 COHERE_HYPERPARAMETERS: dict[str, tuple[str, float]] = {
@@ -77,6 +82,9 @@ FIELDS = {
     "job.method.type": "settings.base_model.base_type",
     "metadata.filename": "name",
     "model_id": "model",
+    # Generate's, as chat names them.
+    "top_p": "p",
+    "stop": "stop_sequences",
 }
 
 
@@ -86,11 +94,15 @@ def cohere_field(field: str) -> str:
     ).removeprefix("job.")
 
 
+# Cohere's names for our resources: a file is a dataset, a job a finetuned model.
+ERROR_NOUNS = {"file": "dataset", "job": "finetuned model"}
+
+
 def cohere_error(error: ApiError) -> dict[str, Any]:
-    """Cohere's error body: a message, naming fields as Cohere's request does."""
+    """Cohere's error body: a message, naming fields and resources as Cohere does."""
     violations = error.violations
     if not violations:
-        return {"message": error.message}
+        return {"message": error.message_in(ERROR_NOUNS)}
     return {"message": "; ".join(f"{cohere_field(f)}: {d}" for f, d in violations)}
 
 
@@ -249,7 +261,11 @@ def offset_page(
     try:
         start = int(page_token or 0)
     except ValueError:
-        raise ApiError.invalid([("page_token", "is not a token this server issued")]) from None
+        start = -1
+    # A token past the end was never issued (the last page's is ""): refused, not an
+    # empty page a client would take for the end.
+    if start < 0 or (start and start >= len(items)):
+        raise ApiError.invalid([("page_token", "is not a token this server issued")])
     size = page_size or DEFAULT_PAGE_SIZE
     end = start + size
     return items[start:end], str(end) if end < len(items) else ""
@@ -286,13 +302,13 @@ def dataset_object(data: File, evaluation: File | None) -> Dataset:
         "failed" if "failed" in states else "processing" if "processing" in states else states[0]
     )
     problems = [
-        f"{part.filename} line {p.line}: {p.message}"
+        f"{part.filename}: {describe(p.line, p.path, p.message)}"
         for part in parts
         for p in part.validation.problems
     ]
     # A classifier's data: at least 2 labels, and no evaluation label it cannot predict.
     if unusable := cohere_classify.dataset_problems(data, evaluation):
-        problems += unusable
+        problems += [u if u.endswith(".") else f"{u}." for u in unusable]  # sentences too
         status = "failed" if status == "validated" else status
     created = moment(data.create_time) or datetime.fromtimestamp(0)
     return Dataset(
@@ -302,7 +318,7 @@ def dataset_object(data: File, evaluation: File | None) -> Dataset:
         updated_at=moment((evaluation or data).create_time) or created,
         dataset_type=cohere_classify.dataset_type(data, DATASET_TYPE),
         validation_status=status,
-        validation_error="; ".join(problems) or None,
+        validation_error=" ".join(problems) or None,
         validation_warnings=[],
         dataset_parts=[
             DatasetPart(
@@ -496,6 +512,8 @@ def job_proto(model: FinetunedModel, base_model: str) -> Job:
         metadata={NAME_KEY: model.name},
         hyperparameters=hp,
     )
+    if settings.base_model.base_type in ("BASE_TYPE_CHAT", "BASE_TYPE_GENERATIVE"):
+        job.metadata[BASE_TYPE_KEY] = settings.base_model.base_type
     if settings.base_model.base_type == cohere_classify.BASE_TYPE:
         job.method.type = jobs_pb2.Method.TYPE_CLASSIFICATION
     if settings.wandb:
@@ -533,6 +551,15 @@ async def _model_exists(backend: Backend, auth: Metadata, model_id: str) -> bool
     return True
 
 
+def base_type(job: Job) -> BaseType:
+    """The base type shown for a job: classification, else the one it was created with
+    (chat for jobs that were not created through Cohere's routes)."""
+    if cohere_classify.is_classification(job):
+        return cohere_classify.BASE_TYPE
+    asked = job.metadata.get(BASE_TYPE_KEY)
+    return "BASE_TYPE_GENERATIVE" if asked == "BASE_TYPE_GENERATIVE" else "BASE_TYPE_CHAT"
+
+
 async def finetuned_model(backend: Backend, auth: Metadata, job: Job) -> FinetunedModel:
     status = STATUS.get(job.state, "STATUS_UNSPECIFIED")
     if job.state == Job.STATE_SUCCEEDED and not await _model_exists(
@@ -545,14 +572,11 @@ async def finetuned_model(backend: Backend, auth: Metadata, job: Job) -> Finetun
     return FinetunedModel(
         id=job.id,
         name=job.metadata.get(NAME_KEY) or job.suffix or job.id,
+        # The API key that created it: Tunewire's callers are keys, not users.
+        creator_id=job.creator or None,
         organization_id=job.organization,
         settings=Settings(
-            base_model=CohereBaseModel(
-                name=job.base_model,
-                base_type=cohere_classify.BASE_TYPE
-                if cohere_classify.is_classification(job)
-                else "BASE_TYPE_CHAT",
-            ),
+            base_model=CohereBaseModel(name=job.base_model, base_type=base_type(job)),
             multi_label=await cohere_classify.multi_label(backend, auth, job),
             dataset_id=EVAL_JOIN.join(filter(None, (job.training_file, job.validation_file))),
             hyperparameters=_hyperparameters(job),
@@ -562,7 +586,8 @@ async def finetuned_model(backend: Backend, auth: Metadata, job: Job) -> Finetun
         ),
         status=status,
         created_at=created,
-        updated_at=finished or created,
+        # Jobs from before update_time was kept show their last known change.
+        updated_at=moment(job.update_time) or finished or created,
         completed_at=finished if job.state == Job.STATE_SUCCEEDED else None,
     )
 
@@ -625,6 +650,32 @@ class UpdateFinetunedModel(BaseModel):
 
     name: str
     settings: Settings
+    status: Status | None = None
+
+
+# What a status in an update asks of a job: pause it while it trains, or resume it
+# while it is paused (a resumed job is queued, then trains, then is ready).
+RESUMED = frozenset({"STATUS_READY", "STATUS_FINETUNING", "STATUS_QUEUED"})
+
+
+def _steering(job: Job, asked: Status | None) -> str | None:
+    """The command ("pause", "resume") a status in an update asks for; None when it
+    asks for none (unset, or where the job already is or is going)."""
+    shown = STATUS.get(job.state, "STATUS_UNSPECIFIED")
+    if asked in (None, "STATUS_UNSPECIFIED", shown):
+        return None
+    if asked == "STATUS_PAUSED":
+        return None if job.state == Job.STATE_PAUSING else "pause"
+    if asked in RESUMED and job.state == Job.STATE_PAUSED:
+        return "resume"
+    if asked == "STATUS_DELETED":
+        why = "delete the finetuned model instead (DELETE)"
+    else:
+        why = (
+            "only STATUS_PAUSED (to pause a fine-tune while it trains) or STATUS_READY "
+            "(to resume a paused one) can be asked for"
+        )
+    raise ApiError.invalid([("status", f"{why}; it is {shown}, not {asked}")])
 
 
 @router.patch("/finetuning/finetuned-models/{id}")
@@ -632,7 +683,8 @@ async def update_finetuned_model(
     id: str, body: UpdateFinetunedModel, backend: BackendDep, auth: Auth
 ) -> FinetunedModelResponse:
     """Settings are immutable once training is asked for: an update must repeat them.
-    The name lives in the job's metadata, which UpdateJob can change."""
+    The name lives in the job's metadata, which UpdateJob can change; `status` pauses
+    a training fine-tune (STATUS_PAUSED) or resumes a paused one (STATUS_READY)."""
     job = await _job(backend, auth, id)
     wanted = job_proto(FinetunedModel(name=body.name, settings=body.settings), job.base_model)
     changed = []
@@ -640,12 +692,19 @@ async def update_finetuned_model(
         changed.append("settings.dataset_id")
     if wanted.base_model != job.base_model:
         changed.append("settings.base_model.name")
-    if cohere_classify.is_classification(wanted) != cohere_classify.is_classification(job):
+    # Unspecified is no change; chat and generative are told apart by what was stored.
+    asked_type = body.settings.base_model.base_type
+    if asked_type != "BASE_TYPE_UNSPECIFIED" and asked_type != base_type(job):
         changed.append("settings.base_model.base_type")
     if not _same_hyperparameters(wanted, job):
         changed.append("settings.hyperparameters")
     if changed:
         raise ApiError.invalid([(f, "cannot change once the model is created") for f in changed])
+    # The status first: it is what the job's state can refuse, and then nothing changed.
+    if command := _steering(job, body.status):
+        steer = backend.jobs.PauseJob if command == "pause" else backend.jobs.ResumeJob
+        request = jobs_pb2.PauseJobRequest if command == "pause" else jobs_pb2.ResumeJobRequest
+        job = await steer(request(job_id=job.id), metadata=auth)
     if body.name != job.metadata.get(NAME_KEY):
         renamed = Job(id=job.id, metadata={**job.metadata, NAME_KEY: body.name})
         job = await backend.jobs.UpdateJob(
@@ -668,14 +727,14 @@ def _same_hyperparameters(wanted: Job, job: Job) -> bool:
 
 @router.delete("/finetuning/finetuned-models/{id}")
 async def delete_finetuned_model(id: str, backend: BackendDep, auth: Auth) -> dict[str, Any]:
-    """Stop the fine-tune if it is still going and delete its model."""
+    """Delete its model, then the fine-tune (the job, which the control plane cancels
+    if it is still going): from then on it is in no list and answers 404."""
     job = await _job(backend, auth, id)
-    if job.state not in FINAL_JOB_STATES:
-        await backend.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=id), metadata=auth)
     if job.fine_tuned_model and await _model_exists(backend, auth, job.fine_tuned_model):
         await backend.models.DeleteModel(
             models_pb2.DeleteModelRequest(model_id=job.fine_tuned_model), metadata=auth
         )
+    await backend.jobs.DeleteJob(jobs_pb2.DeleteJobRequest(job_id=job.id), metadata=auth)
     return {}
 
 
@@ -750,3 +809,8 @@ async def list_training_step_metrics(
 
 # Classification fine-tunes are called through Cohere's classify (see cohere_classify).
 router.add_api_route("/classify", cohere_classify.classify, methods=["POST"])
+# Chat fine-tunes through Cohere's chat, v1 here and v2 at its own prefix (see
+# cohere_chat); the SDKs build both from one base_url, `http://host:port/cohere`.
+router.add_api_route("/chat", cohere_chat.chat_v1, methods=["POST"])
+router_v2 = APIRouter(prefix="/cohere/v2", tags=["cohere"], route_class=route_class(cohere_error))
+router_v2.add_api_route("/chat", cohere_chat.chat_v2, methods=["POST"])

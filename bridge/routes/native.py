@@ -39,6 +39,7 @@ from bridge.uploads import BINARY, form_openapi, upload_file_form
 from trainer.hyperparameters import BASE_LEARNING_RATE, TABLE, TARGET_MODULES
 from tunewire.v1 import (
     auth_pb2,
+    conversations_pb2,
     exports_pb2,
     files_pb2,
     graders_pb2,
@@ -56,6 +57,7 @@ PUBLIC_API = (
     exports_pb2.DESCRIPTOR,
     webhooks_pb2.DESCRIPTOR,
     graders_pb2.DESCRIPTOR,
+    conversations_pb2.DESCRIPTOR,
 )
 UPLOAD_METHOD = "tunewire.v1.FileService.UploadFile"
 PURPOSES = {

@@ -35,6 +35,7 @@ from bridge.routing import route_class
 from bridge.streams import EVENT_STREAM, HEARTBEAT, STREAM_HEADERS, compact, open_stream, sse
 from bridge.uploads import BINARY, form_openapi, upload_file_form
 from server.states import job_state_name
+from server.validation import describe
 from trainer.hyperparameters import TABLE as HYPERPARAMETERS
 from tunewire.v1 import (
     checkpoints_pb2,
@@ -66,21 +67,33 @@ def openai_param(field: str) -> str | None:
     return PARAMS.get(field, field.removeprefix("job.")) or None
 
 
-def openai_code(error: ApiError) -> str:
+# OpenAI's names for our resources, where they differ, in "… not found" messages.
+ERROR_NOUNS = {"job": "fine-tuning job", "webhook_endpoint": "webhook"}
+
+
+def openai_code(error: ApiError) -> str | None:
+    """OpenAI's `code`: the server's own reason (e.g. `invalid_n_examples`), else the
+    code OpenAI sends for the same failure, else null, as OpenAI sends for most errors
+    (a missing file or job among them). Never a gRPC status name: clients compare it
+    with OpenAI's values."""
+    if error.reason:
+        return error.reason
     if error.code == Code.UNAUTHENTICATED:
         return "invalid_api_key"
     if error.http_status == 413:
         return "file_too_large"
-    if any("must have at least" in d and "example" in d for _, d in error.violations):
-        return "invalid_n_examples"
-    return error.code.name.lower()
+    if error.code == Code.RESOURCE_EXHAUSTED:
+        return "rate_limit_exceeded"
+    if error.code == Code.NOT_FOUND and (error.resource or ("",))[0] == "model":
+        return "model_not_found"
+    return None
 
 
 def openai_error(error: ApiError) -> dict[str, Any]:
     violations = error.violations
     return {
         "error": {
-            "message": violations[0][1] if len(violations) == 1 else error.message,
+            "message": violations[0][1] if len(violations) == 1 else error.message_in(ERROR_NOUNS),
             "type": "invalid_request_error" if error.http_status < 500 else "server_error",
             "param": openai_param(violations[0][0]) if violations else None,
             "code": openai_code(error),
@@ -91,6 +104,7 @@ def openai_error(error: ApiError) -> dict[str, Any]:
 OpenAIRoute = route_class(openai_error)
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 # Also served by TrueFoundry's surface, under its own prefix.
+files_router = APIRouter(prefix="/files", tags=["openai"], route_class=OpenAIRoute)
 jobs_router = APIRouter(prefix="/fine_tuning/jobs", tags=["openai"], route_class=OpenAIRoute)
 
 # --- object shapes ----------------------------------------------------------------------
@@ -394,15 +408,26 @@ class TextPart(BaseModel):
 class ChatMessageIn(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    # Declared so that a replayed tool conversation is refused rather than silently
+    # rendered without its calls (see ChatRequest.unserved).
+    tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+def _unsupported(field: str, what: str) -> tuple[str, str]:
+    return field, f"{field} is not supported: {what}"
+
+
 class GenerationIn(BaseModel):
-    # Clients send sampling options we do not use (presence_penalty, user, ...):
-    # they are accepted and ignored, as vLLM does.
+    # Every argument OpenAI documents is declared. Those Tunewire serves are used; the
+    # rest are refused (`unserved`) unless they hold a value that changes nothing (a zero
+    # penalty, `logprobs: false`), so no client believes an option took effect when it
+    # did not. Names OpenAI does not have are ignored, as vLLM does, for the clients
+    # that add extras of their own.
     model_config = ConfigDict(extra="ignore")
 
     model: str
@@ -414,15 +439,137 @@ class GenerationIn(BaseModel):
     n: Int32 | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # The caller's own label for abuse tracking: nothing to honour.
+    user: str | None = None
+    # Not served (Generate has no such options).
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+
+    def unserved(self) -> list[tuple[str, str]]:
+        """(field, why) for each argument given a value Tunewire does not honour."""
+        refused: list[tuple[str, str]] = []
+        if self.n not in (None, 1):
+            refused.append(("n", "only n=1 is supported"))
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(self, name):
+                refused.append(_unsupported(name, "leave it out or send 0"))
+        if self.logit_bias:
+            refused.append(_unsupported("logit_bias", "leave it out or send {}"))
+        return refused
 
 
 class ChatRequest(GenerationIn):
     messages: list[ChatMessageIn]
     max_completion_tokens: Int32 | None = None
+    # Tools: Generate takes none and returns text, never tool calls (nor has tiny-llama a
+    # tool-calling template), so tools are refused, except with tool_choice "none",
+    # which OpenAI serves as plain chat, ignoring them.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    # Generate returns text, not per-token log-probabilities.
+    logprobs: bool | None = None
+    top_logprobs: Int32 | None = None
+    response_format: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    web_search_options: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None
+    store: bool | None = None
+    # Bookkeeping and hints that leave the reply as it is: accepted, nothing to honour.
+    # (`prediction` only lets OpenAI answer sooner; `metadata` tags stored completions.)
+    metadata: dict[str, str] | None = None
+    prediction: dict[str, Any] | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+
+    def unserved(self) -> list[tuple[str, str]]:
+        refused = super().unserved()
+        refused += _tools_unserved("tools", self.tools, "tool_choice", self.tool_choice)
+        refused += _tools_unserved("functions", self.functions, "function_call", self.function_call)
+        if any(m.tool_calls or m.function_call for m in self.messages):
+            refused.append(
+                ("messages", "tool calls in messages are not supported: tools are not served")
+            )
+        if self.logprobs:
+            refused.append(
+                _unsupported("logprobs", "Tunewire does not return token log-probabilities")
+            )
+        if self.top_logprobs:
+            refused.append(
+                _unsupported("top_logprobs", "Tunewire does not return token log-probabilities")
+            )
+        if self.response_format and self.response_format.get("type") != "text":
+            refused.append(
+                _unsupported(
+                    "response_format",
+                    'JSON mode and structured outputs are not served; only {"type": "text"}',
+                )
+            )
+        if self.modalities and set(self.modalities) != {"text"}:
+            refused.append(_unsupported("modalities", 'only ["text"] is served'))
+        for name, what in (
+            ("audio", "only text is served"),
+            ("reasoning_effort", "the models served do not reason"),
+            ("verbosity", "leave it out"),
+            ("web_search_options", "there is no web search"),
+            ("moderation", "there is no moderation"),
+        ):
+            if getattr(self, name) is not None:
+                refused.append(_unsupported(name, what))
+        if self.store:
+            refused.append(_unsupported("store", "completions are not stored"))
+        return refused
+
+
+def _tools_unserved(
+    tools_field: str, tools: list[dict[str, Any]] | None, choice_field: str, choice: Any
+) -> list[tuple[str, str]]:
+    """Tools (or the legacy functions) and their choice: served only when none is
+    called, as OpenAI does for a choice of "none" or for no tools."""
+    if tools:
+        if choice == "none":
+            return []
+        return [
+            (
+                tools_field,
+                f"{tools_field} are not supported: models here generate text, never tool "
+                f'calls; leave {tools_field} out or send {choice_field} "none"',
+            )
+        ]
+    if choice in (None, "none", "auto"):
+        return []
+    return [(choice_field, f"{choice_field} calls a tool, but tools are not supported")]
 
 
 class CompletionRequest(GenerationIn):
     prompt: str | list[str]
+    logprobs: Int32 | None = None
+    echo: bool | None = None
+    best_of: Int32 | None = None
+    suffix: str | None = None
+
+    def unserved(self) -> list[tuple[str, str]]:
+        refused = super().unserved()
+        if self.logprobs is not None:
+            refused.append(
+                _unsupported("logprobs", "Tunewire does not return token log-probabilities")
+            )
+        if self.echo:
+            refused.append(_unsupported("echo", "leave it out or send false"))
+        if self.best_of not in (None, 1):
+            refused.append(_unsupported("best_of", "leave it out or send 1"))
+        if self.suffix:
+            refused.append(_unsupported("suffix", "text insertion is not served"))
+        return refused
 
 
 # --- conversions ------------------------------------------------------------------------
@@ -450,7 +597,7 @@ def file_object(record: File) -> FileObject:
     report = record.validation
     details = None
     if record.state == File.STATE_ERROR:
-        found = "; ".join(f"line {p.line} {p.path}: {p.message}" for p in report.problems)
+        found = " ".join(describe(p.line, p.path, p.message) for p in report.problems)
         details = f"{report.problem_count} problem(s): {found}"
     return FileObject(
         id=record.id,
@@ -621,8 +768,8 @@ def base_model_object(model: models_pb2.BaseModel) -> Model:
 # --- files ------------------------------------------------------------------------------
 
 
-@router.post(
-    "/files",
+@files_router.post(
+    "",
     openapi_extra=form_openapi(
         {"file": BINARY, "purpose": {"type": "string", "enum": list(PURPOSES)}},
         ["file", "purpose"],
@@ -635,7 +782,7 @@ async def create_file(
     return file_object(await upload_file_form(request, backend, auth, settings, PURPOSES))
 
 
-@router.get("/files")
+@files_router.get("")
 async def list_files(
     backend: BackendDep,
     auth: Auth,
@@ -664,21 +811,21 @@ async def list_files(
     )
 
 
-@router.get("/files/{file_id}")
+@files_router.get("/{file_id}")
 async def retrieve_file(file_id: str, backend: BackendDep, auth: Auth) -> FileObject:
     return file_object(
         await backend.files.GetFile(files_pb2.GetFileRequest(file_id=file_id), metadata=auth)
     )
 
 
-@router.delete("/files/{file_id}")
+@files_router.delete("/{file_id}")
 async def delete_file(file_id: str, backend: BackendDep, auth: Auth) -> FileDeleted:
     await backend.files.DeleteFile(files_pb2.DeleteFileRequest(file_id=file_id), metadata=auth)
     return FileDeleted(id=file_id, deleted=True)
 
 
-@router.get(
-    "/files/{file_id}/content",
+@files_router.get(
+    "/{file_id}/content",
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {"schema": BINARY}}}},
 )
@@ -702,6 +849,8 @@ async def file_content(
 
     return StreamingResponse(content(), media_type="application/octet-stream", headers=headers)
 
+
+router.include_router(files_router)
 
 # --- fine-tuning jobs -------------------------------------------------------------------
 
@@ -879,8 +1028,8 @@ def _text(message: ChatMessageIn) -> str:
 
 
 def _generate_request(body: GenerationIn, max_tokens: int | None) -> models_pb2.GenerateRequest:
-    if body.n not in (None, 1):
-        raise ApiError.invalid([("n", "only n=1 is supported")])
+    if refused := body.unserved():
+        raise ApiError.invalid(refused)
     request = models_pb2.GenerateRequest(
         model_id=body.model,
         stop=[body.stop] if isinstance(body.stop, str) else body.stop or [],

@@ -7,9 +7,10 @@ import json
 from collections import Counter
 
 import grpc
+from google.protobuf import empty_pb2
 
 from server import integrations, lifecycle
-from server.control_plane import ControlPlane, authenticated, caller_org
+from server.control_plane import ControlPlane, authenticated, caller_key, caller_org
 from server.errors import InvalidArgument, Unavailable
 from server.ids import new_id, now, timestamp
 from server.job_spec import check_create, check_metadata
@@ -22,6 +23,8 @@ from tunewire.v1 import checkpoints_pb2, jobs_pb2, jobs_pb2_grpc
 
 STREAM_BATCH = 500
 UPDATABLE = frozenset({"metadata"})
+# An org's jobs that lists show: not deleted (the partial index jobs_listed).
+LISTED = "org = ? AND deleted_at IS NULL"
 FINAL_NAMES = frozenset(job_state_name(s) for s in FINAL_JOB_STATES)
 
 
@@ -60,8 +63,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         keys = integrations.take_keys(job)  # sealed apart; the job never holds them
         job.id = new_id("ftjob")
         job.organization = org
+        job.creator = caller_key().id
         job.state = Job.STATE_VALIDATING_FILES
         job.create_time.CopyFrom(timestamp(now()))
+        job.update_time.CopyFrom(job.create_time)
         with write(db):
             lifecycle.insert(db, job, request.request_id or None, fingerprint)
             integrations.save_keys(db, box(self.plane.settings.secret_key_path), job.id, keys)
@@ -88,11 +93,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         size = pages.page_size(request.page_size)
         cursor = None
         if request.after_id:
-            cursor = pages.start_after(db, "jobs", "org = ?", [org], request.after_id, "job")
+            cursor = pages.start_after(db, "jobs", LISTED, [org], request.after_id, "job")
         pairs = sorted(request.metadata.items())
         if not pairs:
             rows, token = pages.keyset(
-                db, "jobs", "org = ?", [org], size, request.page_token, desc=desc, cursor=cursor
+                db, "jobs", LISTED, [org], size, request.page_token, desc=desc, cursor=cursor
             )
             counted = db.execute("SELECT n FROM job_counts WHERE org = ?", [org]).fetchone()
             return jobs_pb2.ListJobsResponse(
@@ -144,6 +149,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             job = lifecycle.load(db, request.job.id, caller_org())
             job.metadata.clear()
             job.metadata.update(request.job.metadata)
+            job.update_time.CopyFrom(timestamp(now()))
             lifecycle.save(db, job, metadata=json.dumps(dict(job.metadata), sort_keys=True))
         return job
 
@@ -158,6 +164,19 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     @authenticated
     async def ResumeJob(self, request: jobs_pb2.ResumeJobRequest, context) -> Job:
         return self._steer(request.job_id, "resume")
+
+    @authenticated
+    async def DeleteJob(self, request: jobs_pb2.DeleteJobRequest, context) -> empty_pb2.Empty:
+        db = self.plane.db
+        with write(db):
+            job = lifecycle.load(db, request.job_id, caller_org())
+            if job.state not in FINAL_JOB_STATES:
+                lifecycle.steer(db, self.plane.events, job.id, job.organization, "cancel")
+            # Marked, not removed: a running job's trainer stops within a step and
+            # reports until then (see migration 7).
+            db.execute("UPDATE jobs SET deleted_at = ? WHERE id = ?", [now(), job.id])
+        self.plane.wake_scheduler()
+        return empty_pb2.Empty()
 
     def _steer(self, job_id: str, command: str) -> Job:
         with write(self.plane.db):

@@ -78,8 +78,9 @@ def not_current(lease: Lease) -> FailedPrecondition:
 
 
 def metrics_message(step: int, total_steps: int, metrics: dict[str, Any]) -> str:
-    """`Step 3/10: training loss=0.52` as OpenAI writes it; a DPO step adds what tells
-    its progress: how often the preferred output wins, and by how much."""
+    """`Step 3/10: training loss=0.52` as OpenAI writes it, with `, validation loss=0.61`
+    at a step that validated; a DPO step adds what tells its progress: how often the
+    preferred output wins, and by how much; a reinforcement step its graded reward."""
     message = f"Step {step}/{total_steps}: training loss={metrics.get('train_loss', math.nan):.2f}"
     if "train_reward_accuracy" in metrics:
         message += (
@@ -92,6 +93,12 @@ def metrics_message(step: int, total_steps: int, metrics: dict[str, Any]) -> str
             f" ± {metrics.get('train_reward_std', math.nan):.2f}"
             f", kl={metrics.get('train_kl', math.nan):.3f}"
         )
+    if "valid_reward_mean" in metrics:  # reinforcement: its valid_loss is minus this
+        message += f", validation reward={metrics['valid_reward_mean']:.2f}"
+    elif "valid_loss" in metrics:
+        message += f", validation loss={metrics['valid_loss']:.2f}"
+        if "valid_reward_accuracy" in metrics:
+            message += f", validation reward accuracy={metrics['valid_reward_accuracy']:.2f}"
     return message
 
 

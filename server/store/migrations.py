@@ -77,6 +77,54 @@ def _lists_by_cursor(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX events_by_type ON events (parent, type, sequence)")
 
 
+def _deleted_jobs(db: sqlite_utils.Database) -> None:
+    """Deleted jobs (DeleteJob): marked, not removed, because a cancelled trainer may
+    still be reporting on one; lists read a partial index of the others, and a deletion
+    leaves the org's count and the metadata index, so neither sees it again."""
+    for statement in (
+        "ALTER TABLE jobs ADD COLUMN deleted_at REAL",
+        "CREATE INDEX jobs_listed ON jobs (org, created_at DESC, id DESC) WHERE deleted_at IS NULL",
+        """CREATE TRIGGER jobs_on_delete AFTER UPDATE OF deleted_at ON jobs
+        WHEN OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL BEGIN
+            UPDATE job_counts SET n = n - 1 WHERE org = NEW.org;
+            DELETE FROM job_metadata WHERE job_id = NEW.id;
+        END""",
+    ):
+        db.execute(statement)
+
+
+def _conversations(db: sqlite_utils.Database) -> None:
+    """Conversations (ConversationService): one row each; their messages in a table of
+    their own, appended without rewriting the conversation, paged by sequence and removed
+    with it; and a count per org kept by triggers, for total_size. A function, as the
+    triggers' bodies hold `;`."""
+    for statement in (
+        """CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            org TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            job_id TEXT,
+            proto BLOB NOT NULL
+        )""",
+        "CREATE INDEX conversations_by_org ON conversations (org, created_at DESC, id DESC)",
+        """CREATE TABLE conversation_messages (
+            conversation_id TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            sequence INTEGER NOT NULL,
+            proto BLOB NOT NULL,
+            PRIMARY KEY (conversation_id, sequence)
+        ) WITHOUT ROWID""",
+        "CREATE TABLE conversation_counts (org TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+        """CREATE TRIGGER conversation_counts_on_insert AFTER INSERT ON conversations BEGIN
+            INSERT INTO conversation_counts (org, n) VALUES (NEW.org, 1)
+            ON CONFLICT (org) DO UPDATE SET n = n + 1;
+        END""",
+        """CREATE TRIGGER conversation_counts_on_delete AFTER DELETE ON conversations BEGIN
+            UPDATE conversation_counts SET n = n - 1 WHERE org = OLD.org;
+        END""",
+    ):
+        db.execute(statement)
+
+
 MIGRATIONS: list[str | Callable[[sqlite_utils.Database], None]] = [
     # 1: keys, files, jobs, events, checkpoints, models, exports
     """
@@ -204,4 +252,8 @@ MIGRATIONS: list[str | Callable[[sqlite_utils.Database], None]] = [
     CREATE INDEX webhook_deliveries_by_endpoint
         ON webhook_deliveries (endpoint_id, created_at DESC, id DESC)
     """,
+    # 7: DeleteJob (see _deleted_jobs).
+    _deleted_jobs,
+    # 8: conversations (see _conversations).
+    _conversations,
 ]

@@ -87,11 +87,13 @@ def keyset(
     columns: str = "*",
     time: str = "created_at",
     ident: str = "id",
+    skip: int = 0,
 ) -> tuple[list[dict], str]:
     """One page of rows from `source` matching `where`, ordered by (`time`, `ident`) and
     the next token. The page starts after the token's position, or after `cursor` (an
     id cursor's `start_after`); either is a seek in the index, so page 1,000 costs what
-    page 1 does."""
+    page 1 does. `skip` (AIP-158) passes over that many rows first, for surfaces that
+    page by offset: those rows are read, so it costs what it skips."""
     if token and cursor is not None:
         raise InvalidArgument.field("page_token", "give page_token or after_id, not both")
     if token:
@@ -105,8 +107,9 @@ def keyset(
     rows = list(
         db.query(
             f"SELECT {columns}, {time} AS cursor_time, {ident} AS cursor_id"
-            f" FROM {source} WHERE {where} ORDER BY {time} {way}, {ident} {way} LIMIT ?",
-            [*params, size + 1],
+            f" FROM {source} WHERE {where} ORDER BY {time} {way}, {ident} {way}"
+            " LIMIT ? OFFSET ?",
+            [*params, size + 1, skip],
         )
     )
     if len(rows) <= size:

@@ -155,6 +155,8 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
         )
         track.start(_run_config(work, args, used, info.total_steps))
 
+    # A validation's figures come in its step's metrics (trainer.recipe), so they reach
+    # the job's events as OpenAI's clients read them, in metrics events' data.
     def on_metrics(
         *, step: int, total_steps: int, epoch: float, tokens_trained: int, **metrics: float
     ) -> None:
@@ -172,42 +174,6 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
 
     def on_event(level: str, message: str, data: dict[str, Any]) -> None:
         lease.event(message, data, level=level, key=f"event:{message}")
-
-    def on_validation(
-        *,
-        step: int,
-        valid_loss: float,
-        valid_mean_token_accuracy: float,
-        **method_metrics: float,
-    ):
-        message = f"Step {step}: validation loss={valid_loss:.2f}, "
-        if "valid_reward_accuracy" in method_metrics:  # DPO: what tells progress
-            message += (
-                f"reward accuracy={method_metrics['valid_reward_accuracy']:.2f}, "
-                f"margin={method_metrics['valid_reward_margin']:.2f}"
-            )
-        elif "valid_reward_mean" in method_metrics:  # reinforcement: the graded reward
-            message = f"Step {step}: validation reward={method_metrics['valid_reward_mean']:.2f}"
-        else:
-            message += f"accuracy={valid_mean_token_accuracy:.2f}"
-        lease.event(
-            message,
-            {
-                "step": step,
-                "valid_loss": valid_loss,
-                "valid_mean_token_accuracy": valid_mean_token_accuracy,
-                **method_metrics,
-            },
-            key=f"validation:{step}",
-        )
-        track.metrics(
-            step,
-            {
-                "valid_loss": valid_loss,
-                "valid_mean_token_accuracy": valid_mean_token_accuracy,
-                **method_metrics,
-            },
-        )
 
     def on_checkpoint(*, step: int, epoch: float, path: Path, metrics: dict[str, float]):
         # The whole checkpoint, for resuming on any worker; its adapter, for the model
@@ -251,7 +217,6 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
                     on_start=on_start,
                     on_metrics=on_metrics,
                     on_event=on_event,
-                    on_validation=on_validation,
                     on_checkpoint=on_checkpoint,
                     control=lease.control,
                 ),

@@ -497,7 +497,10 @@ export async function jobView(page, jobId) {
         bar.value = step;
         bar.nextSibling.textContent = `${step}/${Number(d.total_steps)}`;
       }
-    } else if (d.valid_loss !== undefined && Number.isFinite(step)) {
+    }
+    // A step that validated has its figures in its metrics event; jobs that ran before
+    // that have them in a message event of their own.
+    if (d.valid_loss !== undefined && Number.isFinite(step)) {
       curves.loss.add("valid", step, d.valid_loss);
       curves.accuracy.add("valid", step, d.valid_mean_token_accuracy);
     }

@@ -2,6 +2,7 @@ import datetime
 
 from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from tunewire.v1 import checkpoints_pb2 as _checkpoints_pb2
@@ -18,7 +19,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Job(_message.Message):
-    __slots__ = ("id", "base_model", "training_file", "validation_file", "method", "hyperparameters", "seed", "suffix", "metadata", "integrations", "state", "error", "fine_tuned_model", "trained_tokens", "result_files", "organization", "create_time", "finish_time", "estimated_finish", "progress", "compute")
+    __slots__ = ("id", "base_model", "training_file", "validation_file", "method", "hyperparameters", "seed", "suffix", "metadata", "integrations", "state", "error", "fine_tuned_model", "trained_tokens", "result_files", "organization", "create_time", "finish_time", "estimated_finish", "progress", "compute", "update_time", "creator")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Job.State]
@@ -67,6 +68,8 @@ class Job(_message.Message):
     ESTIMATED_FINISH_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CREATOR_FIELD_NUMBER: _ClassVar[int]
     id: str
     base_model: str
     training_file: str
@@ -88,7 +91,9 @@ class Job(_message.Message):
     estimated_finish: _timestamp_pb2.Timestamp
     progress: Progress
     compute: Compute
-    def __init__(self, id: _Optional[str] = ..., base_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., seed: _Optional[int] = ..., suffix: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., integrations: _Optional[_Iterable[_Union[Integration, _Mapping]]] = ..., state: _Optional[_Union[Job.State, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., fine_tuned_model: _Optional[str] = ..., trained_tokens: _Optional[int] = ..., result_files: _Optional[_Iterable[str]] = ..., organization: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimated_finish: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., compute: _Optional[_Union[Compute, _Mapping]] = ...) -> None: ...
+    update_time: _timestamp_pb2.Timestamp
+    creator: str
+    def __init__(self, id: _Optional[str] = ..., base_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., seed: _Optional[int] = ..., suffix: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., integrations: _Optional[_Iterable[_Union[Integration, _Mapping]]] = ..., state: _Optional[_Union[Job.State, str]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., fine_tuned_model: _Optional[str] = ..., trained_tokens: _Optional[int] = ..., result_files: _Optional[_Iterable[str]] = ..., organization: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimated_finish: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., compute: _Optional[_Union[Compute, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., creator: _Optional[str] = ...) -> None: ...
 
 class Method(_message.Message):
     __slots__ = ("type", "reinforcement")
@@ -280,6 +285,12 @@ class PauseJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ResumeJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class DeleteJobRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str

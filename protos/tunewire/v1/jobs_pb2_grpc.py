@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from tunewire.v1 import jobs_pb2 as tunewire_dot_v1_dot_jobs__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -69,6 +70,11 @@ class JobServiceStub:
                 '/tunewire.v1.JobService/ResumeJob',
                 request_serializer=tunewire_dot_v1_dot_jobs__pb2.ResumeJobRequest.SerializeToString,
                 response_deserializer=tunewire_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/tunewire.v1.JobService/DeleteJob',
+                request_serializer=tunewire_dot_v1_dot_jobs__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.ListJobEvents = channel.unary_unary(
                 '/tunewire.v1.JobService/ListJobEvents',
@@ -141,6 +147,15 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteJob(self, request, context):
+        """Deletes a job, cancelling it first if it has not finished: from then on it is in
+        no list and every method answers NOT_FOUND for it. Its model is not deleted with
+        it (`ModelService.DeleteModel` does that).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListJobEvents(self, request, context):
         """Pages through a job's events, oldest first (or newest first by `order_by`).
         """
@@ -200,6 +215,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ResumeJob,
                     request_deserializer=tunewire_dot_v1_dot_jobs__pb2.ResumeJobRequest.FromString,
                     response_serializer=tunewire_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=tunewire_dot_v1_dot_jobs__pb2.DeleteJobRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'ListJobEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobEvents,
@@ -407,6 +427,33 @@ class JobService:
             '/tunewire.v1.JobService/ResumeJob',
             tunewire_dot_v1_dot_jobs__pb2.ResumeJobRequest.SerializeToString,
             tunewire_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunewire.v1.JobService/DeleteJob',
+            tunewire_dot_v1_dot_jobs__pb2.DeleteJobRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
