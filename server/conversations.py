@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 
 import sqlite_utils
 
-from server import lifecycle
+from server import lifecycle, registry
 from server.errors import InvalidArgument, NotFound
 from server.ids import new_id, now, timestamp
 from server.store import pages, records
@@ -66,6 +66,11 @@ def check_create(db: sqlite_utils.Database, org: str, conversation: Conversation
         problems.append(("conversation.title", f"at most {MAX_TITLE} characters"))
     if len(conversation.model) > MAX_MODEL:
         problems.append(("conversation.model", f"at most {MAX_MODEL} characters"))
+    if conversation.model.startswith("ft:") and not registry.fine_tuned(
+        db, org, conversation.model
+    ):
+        # Base models are everyone's; a fine-tuned one is its org's alone.
+        raise NotFound("model", conversation.model)
     if conversation.job_id:
         try:
             lifecycle.load(db, conversation.job_id, org)

@@ -44,6 +44,8 @@ from tunewire.v1 import (
     auth_pb2,
     checkpoints_pb2,
     common_pb2,
+    conversations_pb2,
+    conversations_pb2_grpc,
     events_pb2,
     exports_pb2,
     files_pb2,
@@ -63,7 +65,7 @@ INTERNAL = {"tunewire.v1.WorkerService"}  # workers only; answers no API key (te
 # Served by inference workers at their own address, to the control plane alone.
 WORKER_SERVED = {"tunewire.v1.InferenceService"}
 MODULES = (auth_pb2, checkpoints_pb2, common_pb2, events_pb2, exports_pb2, files_pb2, jobs_pb2)
-MODULES += (graders_pb2, models_pb2, webhooks_pb2, worker_pb2)
+MODULES += (conversations_pb2, graders_pb2, models_pb2, webhooks_pb2, worker_pb2)
 RPCS = [method for service in PUBLIC for method in service.methods]
 
 # Which object an id field names.
@@ -75,11 +77,12 @@ REFERENCES = {
     "model_id": "model",
     "export_id": "export",
     "endpoint_id": "webhook_endpoint",
+    "conversation_id": "conversation",
 }
 KINDS = set(REFERENCES.values())
 # Ids that name no object of the caller's to reach: an idempotency key, and a list's
 # cursor (another org's object as a cursor is refused: tests/test_listing.py).
-NOT_REFERENCES = {"request_id", "after_id"}
+NOT_REFERENCES = {"request_id", "after_id", "last_message_id"}
 # Values for other fields a request needs to get as far as its ids.
 FILLERS: dict[str, Any] = {
     "base_model": "tiny-llama",
@@ -273,6 +276,18 @@ class World:
         )
         self.owned["webhook_endpoint"] = endpoint.id
         self.victim_ids.add(endpoint.id)
+        self.chats = conversations_pb2_grpc.ConversationServiceStub(v.client.channel)
+        chat = self.chats.CreateConversation(
+            conversations_pb2.CreateConversationRequest(
+                conversation=conversations_pb2.Conversation(
+                    title="victim's", model=job.fine_tuned_model
+                )
+            ),
+            metadata=v.client.metadata,
+            timeout=30,
+        )
+        self.owned["conversation"] = chat.id
+        self.victim_ids.add(chat.id)
 
     def snapshot(self) -> list[Message]:
         """Everything the victim owns, as the victim sees it."""
@@ -287,6 +302,11 @@ class World:
             ).events,
             self.hooks.GetWebhookEndpoint(
                 webhooks_pb2.GetWebhookEndpointRequest(endpoint_id=owned["webhook_endpoint"]),
+                metadata=v.client.metadata,
+                timeout=30,
+            ),
+            self.chats.GetConversation(
+                conversations_pb2.GetConversationRequest(conversation_id=owned["conversation"]),
                 metadata=v.client.metadata,
                 timeout=30,
             ),
@@ -517,12 +537,13 @@ PATH_REFERENCES = {
     "fine_tuning_job_id": "job",
     "id": "job",
     "finetuned_model_id": "job",
-    "session_id": "job",
+    "session_id": "conversation",
     "model_id": "model",
     "model": "model",
     "export_id": "export",
     "endpoint_id": "webhook_endpoint",
     "webhook_id": "webhook_endpoint",
+    "conversation_id": "conversation",
 }
 PATH_FILLERS = {"path": "config.json"}  # a file every merged export has
 QUERY_FILLERS = {"type": "chat-finetune-input"}  # Cohere's one dataset type for fine-tuning
@@ -557,6 +578,12 @@ BODY_REFERENCES: dict[tuple[str, str], tuple[str, Callable[[str], dict]]] = {
             "name": "stolen",
             "settings": {"base_model": {"base_type": "BASE_TYPE_CHAT"}, "dataset_id": ref},
         },
+    ),
+    ("post", "/tunewire/v1/conversations"): ("model", lambda ref: {"model": ref}),
+    ("post", "/cohere/v1/chat"): ("model", lambda ref: {"model": ref, "message": "Hello"}),
+    ("post", "/cohere/v2/chat"): (
+        "model",
+        lambda ref: {"model": ref, "messages": [{"role": "user", "content": "Hello"}]},
     ),
     ("post", "/api/v1/sessions"): (
         "model",

@@ -452,7 +452,7 @@ async def get_session(session_id: str, backend: BackendDep, auth: Auth) -> Sessi
 async def list_sessions(
     backend: BackendDep,
     auth: Auth,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=0, le=1000)] = 0,
 ) -> SessionsList:
     """Sessions, newest first, as Helix pages them: `offset` and `limit` (0, as Helix's
