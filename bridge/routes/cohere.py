@@ -811,6 +811,16 @@ async def list_training_step_metrics(
 router.add_api_route("/classify", cohere_classify.classify, methods=["POST"])
 # Chat fine-tunes through Cohere's chat, v1 here and v2 at its own prefix (see
 # cohere_chat); the SDKs build both from one base_url, `http://host:port/cohere`.
-router.add_api_route("/chat", cohere_chat.chat_v1, methods=["POST"])
+router.add_api_route(
+    "/chat",
+    cohere_chat.chat_v1,
+    methods=["POST"],
+    responses={200: {"content": cohere_chat.STREAMED}},
+)
 router_v2 = APIRouter(prefix="/cohere/v2", tags=["cohere"], route_class=route_class(cohere_error))
-router_v2.add_api_route("/chat", cohere_chat.chat_v2, methods=["POST"])
+router_v2.add_api_route(
+    "/chat",
+    cohere_chat.chat_v2,
+    methods=["POST"],
+    responses={200: {"content": cohere_chat.STREAMED}},
+)

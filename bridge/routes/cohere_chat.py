@@ -336,6 +336,13 @@ def _v1_response(messages: list[models_pb2.ChatMessage], answer: _Answer) -> Cha
     )
 
 
+# `stream: true` answers one of these instead of the JSON body (what OpenAPI tells clients).
+STREAMED = {
+    "application/x-ndjson": {"schema": {"type": "string", "description": "One event per line"}},
+    "text/event-stream": {"schema": {"type": "string", "description": "Server-sent events"}},
+}
+
+
 async def chat_v1(
     body: Annotated[ChatV1Request, Body()],
     backend: BackendDep,
