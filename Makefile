@@ -71,5 +71,8 @@ bench: $(VENV)/.installed ## benchmarks vs what users would run instead; writes 
 bench-quick: $(VENV)/.installed ## every benchmark in seconds (CI: catches rot; figures mean nothing)
 	$(PY) -m bench --quick
 
+demo: $(VENV)/.installed ## run the README's CLI walk-through as written, on a server of its own
+	$(PY) -m pytest -q -s -p no:cacheprovider tests/test_readme.py
+
 clean: ## remove the venv and local data
 	rm -rf $(VENV) .tunewire .gen-check

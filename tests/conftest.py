@@ -174,7 +174,7 @@ class Server:
         """Run a `tunewire` command against this server's home."""
         done = subprocess.run(
             [*tunewire_command(), *args],
-            env=clean_env(self.home, self.models_dir),
+            env=clean_env(self.home, self.models_dir, TUNEWIRE_ADDRESS=self.address),
             capture_output=True,
             text=True,
             timeout=60,

@@ -164,8 +164,10 @@ def test_get_caller_names_the_keys_org_until_it_is_revoked(server: Server) -> No
     assert (caller.org, caller.key_prefix) == ("whoami", org.key[:10])
     assert abs(caller.key_create_time.ToSeconds() - time.time()) < 60
     assert caller.key_id in server.cli("keys", "list").stdout
-    shown = server.cli("whoami", "--api-key", org.key, "--address", server.address).stdout
+    whoami = ("whoami", "--api-key", org.key, "--address", server.address)
+    shown = server.cli(*whoami, "-o", "json").stdout
     assert '"org": "whoami"' in shown and caller.key_id in shown
+    assert server.cli(*whoami, "-o", "org").stdout == "whoami\n"
 
     server.cli("keys", "revoke", caller.key_id)
     failure = fails(Code.UNAUTHENTICATED, org.auth.GetCaller, auth_pb2.GetCallerRequest())

@@ -391,6 +391,23 @@ def test_job_shapes_and_steering(client: openai.OpenAI, rest: Stack) -> None:
     assert states == ["cancelled", "queued", "validating_files"]
     assert client.fine_tuning.jobs.checkpoints.list(job.id).data == []
 
+    # Tunewire's LoRA settings ride in OpenAI's hyperparameters (the SDK passes them on).
+    lora = {"lora_rank": 64, "lora_alpha": 64, "lora_dropout": 0, "target_modules": "QKVO_FFN"}
+    tuned = client.fine_tuning.jobs.create(
+        model="tiny-llama", training_file=training.id, hyperparameters=lora
+    )
+    client.fine_tuning.jobs.cancel(tuned.id)
+    with rest.http() as http:
+        native = http.get(f"/tunewire/v1/jobs/{tuned.id}").json()["hyperparameters"]
+    assert native == {**lora, "target_modules": "TARGET_MODULES_QKVO_FFN"}
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.fine_tuning.jobs.create(
+            model="tiny-llama",
+            training_file=training.id,
+            hyperparameters={"target_modules": "ALL"},
+        )
+    assert bad.value.param == "hyperparameters.target_modules"
+
 
 def error_of(reply: Any) -> dict[str, Any]:
     body = reply.json()

@@ -416,7 +416,9 @@ def test_cli_generate_export_get_delete(
         assert artifact.sha256 in shown
         data = (tmp_path / artifact.path).read_bytes()
         assert hashlib.sha256(data).hexdigest() == artifact.sha256
-    assert f'"id": "{model}"' in cli("get", model)
+    assert f'"id": "{model}"' in cli("get", model, "-o", "json")
+    assert cli("get", model, "-o", "base_model") == "tiny-llama\n"
+    assert re.search(rf"│ id +│ {re.escape(model)} +│", cli("get", model))
 
     checkpoint = f"{model}:ckpt-step-{EARLY_STEP + 2}"
     assert cli("delete", checkpoint).strip() == f"deleted {checkpoint}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,10 +12,12 @@ import grpc
 import typer
 
 from bridge.cli.client import PURPOSES, Client
-from bridge.cli.common import Address, ApiKey, connect, console, err, fail, new_table, show
+from bridge.cli.common import Address, ApiKey, connect, console, err, fail
 from bridge.cli.models import models_app
+from bridge.cli.output import Output, enum_name, show, show_list
 from server.config import Settings
-from trainer.hyperparameters import BY_NAME as HYPERPARAMETERS
+from trainer.hyperparameters import TABLE as HYPERPARAMETERS
+from trainer.hyperparameters import TARGET_MODULES
 from tunewire.v1 import auth_pb2, files_pb2, jobs_pb2
 
 app = typer.Typer(help="Tunewire: self-hosted LoRA fine-tuning.", no_args_is_help=True)
@@ -72,10 +75,12 @@ def keys_create(org: Annotated[str, typer.Option(help="Organization the key belo
 @keys_app.command("list")
 def keys_list() -> None:
     """List keys (their prefixes only)."""
+    from rich.table import Table
+
     from server import auth
     from server.store.db import connect
 
-    table = new_table("id", "org", "prefix", "revoked")
+    table = Table("id", "org", "prefix", "revoked")
     for row in auth.list_keys(connect(Settings().db_path)):
         table.add_row(
             row["id"], row["org"], row["prefix"] + "…", "yes" if row["revoked_at"] else ""
@@ -98,11 +103,11 @@ def keys_revoke(key_id: str) -> None:
 
 
 @app.command()
-def whoami(address: Address = None, api_key: ApiKey = None) -> None:
+def whoami(address: Address = None, api_key: ApiKey = None, output: Output = "table") -> None:
     """Check your API key: the organization and key it is."""
     client = connect(address, api_key)
     try:
-        show(client.auth.GetCaller(auth_pb2.GetCallerRequest(), metadata=client.metadata))
+        show(client.auth.GetCaller(auth_pb2.GetCallerRequest(), metadata=client.metadata), output)
     except grpc.RpcError as error:
         fail(error)
 
@@ -113,6 +118,7 @@ def files_upload(
     purpose: Annotated[str, typer.Option(help="fine-tune or user-data.")] = "fine-tune",
     address: Address = None,
     api_key: ApiKey = None,
+    output: Output = "table",
 ) -> None:
     """Upload a file; a fine-tune file is validated and its report printed."""
     if purpose not in PURPOSES:
@@ -124,48 +130,49 @@ def files_upload(
             record = client.upload(path, PURPOSES[purpose])
     except grpc.RpcError as error:
         fail(error)
-    show(record)
+    show(record, output)
     if record.state == files_pb2.File.STATE_ERROR:
         raise typer.Exit(1)
 
 
 @files_app.command("list")
-def files_list(address: Address = None, api_key: ApiKey = None) -> None:
+def files_list(address: Address = None, api_key: ApiKey = None, output: Output = "table"):
     """List your files, newest first."""
     client = connect(address, api_key)
-    table = new_table("id", "filename", "bytes", "state", "examples")
-    token = ""
+    files, token = [], ""
     try:
         while True:
             page = client.files.ListFiles(
                 files_pb2.ListFilesRequest(page_token=token, page_size=100),
                 metadata=client.metadata,
             )
-            for f in page.files:
-                table.add_row(
-                    f.id,
-                    f.filename,
-                    f"{f.bytes:,}",
-                    files_pb2.File.State.Name(f.state).removeprefix("STATE_").lower(),
-                    str(f.validation.example_count),
-                )
+            files += page.files
             if not (token := page.next_page_token):
                 break
     except grpc.RpcError as error:
         fail(error)
-    console.print(table)
+    show_list(
+        files,
+        {
+            "id": lambda f: f.id,
+            "filename": lambda f: f.filename,
+            "bytes": lambda f: f.bytes,
+            "state": lambda f: enum_name(f, "state"),
+            "examples": lambda f: f.validation.example_count,
+        },
+        output,
+    )
 
 
 @files_app.command("get")
-def files_get(file_id: str, address: Address = None, api_key: ApiKey = None):
+def files_get(
+    file_id: str, address: Address = None, api_key: ApiKey = None, output: Output = "table"
+):
     """Show a file with its validation report."""
     client = connect(address, api_key)
     try:
-        show(
-            client.files.GetFile(
-                files_pb2.GetFileRequest(file_id=file_id), metadata=client.metadata
-            )
-        )
+        request = files_pb2.GetFileRequest(file_id=file_id)
+        show(client.files.GetFile(request, metadata=client.metadata), output)
     except grpc.RpcError as error:
         fail(error)
 
@@ -181,27 +188,42 @@ def _metadata_pairs(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _help(name: str) -> str:
-    row = HYPERPARAMETERS[name]
-    only = f" {row.method.upper()} only." if row.method else ""
-    return f"{row.doc} {row.range}; auto when unset.{only}"
+def with_hyperparameters(command):
+    """Give a command one option per hyperparameter of the table (`--lora-rank`, ...), all
+    None when unset, passed in its **hyperparameters: the CLI takes what the API takes."""
+    signature = inspect.signature(command, eval_str=True)
+    options = []
+    for hp in HYPERPARAMETERS:
+        unset = "auto" if hp.default == "auto" else hp.default
+        only = f" {hp.method.upper()} only." if hp.method else ""
+        option = typer.Option(
+            help=f"{hp.doc} {hp.range}; {unset} when unset.{only}",
+            rich_help_panel="Hyperparameters",
+        )
+        options.append(
+            inspect.Parameter(
+                hp.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[hp.type | None, option],
+            )
+        )
+    kept = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    command.__signature__ = signature.replace(parameters=kept + options)
+    return command
 
 
 METHODS = {"supervised": jobs_pb2.Method.TYPE_SUPERVISED, "dpo": jobs_pb2.Method.TYPE_DPO}
 
 
 @jobs_app.command("create")
+@with_hyperparameters
 def jobs_create(
     model: Annotated[str, typer.Option(help="Base model, e.g. tiny-llama.")],
     training_file: Annotated[str, typer.Option(help="A processed fine-tune file id.")],
     validation_file: Annotated[str, typer.Option(help="Validation file id.")] = "",
     suffix: Annotated[str, typer.Option(help="Added to the model name.")] = "",
     seed: Annotated[int | None, typer.Option(help="Seed (generated when unset).")] = None,
-    n_epochs: Annotated[int | None, typer.Option(help=_help("n_epochs"))] = None,
-    batch_size: Annotated[int | None, typer.Option(help=_help("batch_size"))] = None,
-    learning_rate_multiplier: Annotated[
-        float | None, typer.Option(help=_help("learning_rate_multiplier"))
-    ] = None,
     method: Annotated[
         str,
         typer.Option(
@@ -209,23 +231,30 @@ def jobs_create(
             "input, preferred_output, non_preferred_output)."
         ),
     ] = "supervised",
-    beta: Annotated[float | None, typer.Option(help=_help("beta"))] = None,
+    target_modules: Annotated[
+        str | None,
+        typer.Option(
+            help=f"LoRA target modules: {', '.join(TARGET_MODULES)}; QV when unset.",
+            rich_help_panel="Hyperparameters",
+        ),
+    ] = None,
     metadata: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
     request_id: Annotated[str, typer.Option(help="Idempotency key.")] = "",
     watch: Annotated[bool, typer.Option(help="Watch it after creating it.")] = False,
     address: Address = None,
     api_key: ApiKey = None,
+    output: Output = "table",
+    **hyperparameters: float | None,
 ) -> None:
-    """Create a fine-tuning job."""
-    hp = jobs_pb2.Hyperparameters()
-    for name, value in (
-        ("n_epochs", n_epochs),
-        ("batch_size", batch_size),
-        ("learning_rate_multiplier", learning_rate_multiplier),
-        ("beta", beta),
-    ):
-        if value is not None:
-            setattr(hp, name, value)
+    """Create a fine-tuning job. The server checks every value and names the one it refuses."""
+    hp = jobs_pb2.Hyperparameters(**{k: v for k, v in hyperparameters.items() if v is not None})
+    if target_modules is not None:
+        if target_modules.upper() not in TARGET_MODULES:
+            err.print(f"[red]error:[/red] --target-modules must be one of {TARGET_MODULES}")
+            raise typer.Exit(2)
+        hp.target_modules = jobs_pb2.Hyperparameters.TargetModules.Value(
+            f"TARGET_MODULES_{target_modules.upper()}"
+        )
     if method not in METHODS:
         err.print(f"[red]error:[/red] --method must be one of {', '.join(METHODS)}")
         raise typer.Exit(2)
@@ -247,7 +276,7 @@ def jobs_create(
         )
     except grpc.RpcError as error:
         fail(error)
-    show(created)
+    show(created, output)
     if watch:
         _watch(client, created.id, 0)
 
@@ -258,6 +287,7 @@ def jobs_list(
     limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
     address: Address = None,
     api_key: ApiKey = None,
+    output: Output = "table",
 ) -> None:
     """List jobs, newest first."""
     client = connect(address, api_key)
@@ -268,34 +298,40 @@ def jobs_list(
         )
     except grpc.RpcError as error:
         fail(error)
-    table = new_table("id", "model", "state", "fine-tuned model")
-    for j in page.jobs:
-        table.add_row(
-            j.id, j.base_model, jobs_pb2.Job.State.Name(j.state)[6:].lower(), j.fine_tuned_model
-        )
-    console.print(table)
+    show_list(
+        page.jobs,
+        {
+            "id": lambda j: j.id,
+            "model": lambda j: j.base_model,
+            "state": lambda j: enum_name(j, "state"),
+            "fine-tuned model": lambda j: j.fine_tuned_model,
+        },
+        output,
+    )
 
 
 @jobs_app.command("get")
-def jobs_get(job_id: str, address: Address = None, api_key: ApiKey = None):
+def jobs_get(
+    job_id: str, address: Address = None, api_key: ApiKey = None, output: Output = "table"
+):
     """Show a job."""
     client = connect(address, api_key)
     try:
-        show(client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=client.metadata))
+        request = jobs_pb2.GetJobRequest(job_id=job_id)
+        show(client.jobs.GetJob(request, metadata=client.metadata), output)
     except grpc.RpcError as error:
         fail(error)
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: str, address: Address = None, api_key: ApiKey = None):
+def jobs_cancel(
+    job_id: str, address: Address = None, api_key: ApiKey = None, output: Output = "table"
+):
     """Cancel a job: a queued one at once, a running one within a step."""
     client = connect(address, api_key)
     try:
-        show(
-            client.jobs.CancelJob(
-                jobs_pb2.CancelJobRequest(job_id=job_id), metadata=client.metadata
-            )
-        )
+        request = jobs_pb2.CancelJobRequest(job_id=job_id)
+        show(client.jobs.CancelJob(request, metadata=client.metadata), output)
     except grpc.RpcError as error:
         fail(error)
 

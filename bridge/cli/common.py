@@ -7,11 +7,8 @@ from typing import Annotated, NoReturn
 
 import grpc
 import typer
-from google.protobuf import json_format
-from google.protobuf.message import Message
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from bridge.cli.client import Client, default_key
 from server.config import Settings
@@ -55,15 +52,3 @@ def connect(address: str | None, api_key: str | None) -> Client:
 def fail(error: grpc.RpcError) -> NoReturn:
     err.print(f"[red]error:[/red] {error.code().name}: {escape(error.details() or '')}")
     raise typer.Exit(1)
-
-
-def show(message: Message) -> None:
-    console.print_json(json_format.MessageToJson(message, preserving_proto_field_name=True))
-
-
-def new_table(*columns: str) -> Table:
-    # Ids are what people copy from these tables: fold long ones, never crop them.
-    out = Table()
-    for column in columns:
-        out.add_column(column, overflow="fold")
-    return out

@@ -18,7 +18,8 @@ import typer
 from rich.markup import escape
 
 from bridge.cli.client import Client
-from bridge.cli.common import Address, ApiKey, connect, console, err, fail, new_table, show
+from bridge.cli.common import Address, ApiKey, connect, console, err, fail
+from bridge.cli.output import Output, show, show_list
 from server.config import Settings
 from server.states import FINAL_EXPORT_STATES
 from tunewire.v1 import exports_pb2, models_pb2
@@ -26,6 +27,7 @@ from tunewire.v1 import exports_pb2, models_pb2
 models_app = typer.Typer(help="Base and fine-tuned models: list, inspect, export, generate.")
 
 Export = exports_pb2.Export
+BaseModel = models_pb2.BaseModel
 FORMATS = {"merged": Export.FORMAT_MERGED_SAFETENSORS, "onnx": Export.FORMAT_ONNX}
 POLL_SECONDS = 0.5
 
@@ -80,10 +82,13 @@ def models_pull(
 
 
 @models_app.command("list")
-def models_list(address: Address = None, api_key: ApiKey = None) -> None:
-    """List base models and your fine-tuned models."""
-    from tunewire.v1 import models_pb2
-
+def models_list(
+    address: Address = None,
+    api_key: ApiKey = None,
+    output: Output = "table",
+    fine_tuned: Annotated[bool, typer.Option(help="Only your fine-tuned models.")] = False,
+) -> None:
+    """List base models, then your fine-tuned models (newest first)."""
     client = connect(address, api_key)
     try:
         bases = client.models.ListBaseModels(
@@ -92,16 +97,36 @@ def models_list(address: Address = None, api_key: ApiKey = None) -> None:
         tuned = client.models.ListModels(models_pb2.ListModelsRequest(), metadata=client.metadata)
     except grpc.RpcError as error:
         fail(error)
-    table = new_table("model", "kind", "base", "parameters / job")
-    for m in bases.base_models:
-        table.add_row(m.id, "base", m.architecture, f"{m.parameter_count:,}")
-    for m in tuned.models:
-        table.add_row(m.id, "fine-tuned", m.base_model, m.job_id)
-    console.print(table)
+    if fine_tuned:
+        show_list(
+            tuned.models,
+            {
+                "model": lambda m: m.id,
+                "base": lambda m: m.base_model,
+                "job": lambda m: m.job_id,
+            },
+            output,
+        )
+        return
+    # One list of two kinds: a row says which, and -o json/-o id print both.
+    show_list(
+        [*bases.base_models, *tuned.models],
+        {
+            "model": lambda m: m.id,
+            "kind": lambda m: "base" if isinstance(m, BaseModel) else "fine-tuned",
+            "base": lambda m: m.architecture if isinstance(m, BaseModel) else m.base_model,
+            "parameters / job": lambda m: (
+                m.parameter_count if isinstance(m, BaseModel) else m.job_id
+            ),
+        },
+        output,
+    )
 
 
 @models_app.command("get")
-def models_get(model_id: str, address: Address = None, api_key: ApiKey = None):
+def models_get(
+    model_id: str, address: Address = None, api_key: ApiKey = None, output: Output = "table"
+):
     """Show a fine-tuned (or checkpoint) model with its adapter's files."""
     client = connect(address, api_key)
     try:
@@ -110,7 +135,7 @@ def models_get(model_id: str, address: Address = None, api_key: ApiKey = None):
         )
     except grpc.RpcError as error:
         fail(error)
-    show(model)
+    show(model, output)
 
 
 @models_app.command("delete")
@@ -196,10 +221,14 @@ def _summary(export: Export) -> None:
         console.print(f"max |logit diff| vs torch: {export.max_logit_diff:.3g}")
         if export.quantize_int8:
             console.print(f"int8 max |logit diff| vs torch: {export.int8_max_logit_diff:.3g}")
-    table = new_table("artifact", "bytes", "sha256")
-    for artifact in export.artifacts:
-        table.add_row(artifact.path, f"{artifact.bytes:,}", artifact.sha256)
-    console.print(table)
+    show_list(
+        export.artifacts,
+        {
+            "artifact": lambda a: a.path,
+            "bytes": lambda a: a.bytes,
+            "sha256": lambda a: a.sha256,
+        },
+    )
 
 
 def _download(client: Client, export_id: str, path: str, into: Path) -> None:

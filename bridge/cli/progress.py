@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bridge.cli.client import Client
@@ -39,11 +40,14 @@ def watch(client: Client, job_id: str, after: int, console: Console) -> str:
                 bar.update(task, completed=step, loss=f"{data.get('train_loss', 0):.3f}")
                 # Keep a line at every tenth of the run, so the log outlives the bar.
                 if total and (step == total or step % max(1, total // 10) == 0):
-                    console.print(f"[dim]{event.sequence:>4}[/dim] {event.message}")
+                    console.print(f"[dim]{event.sequence:>4}[/dim] {escape(event.message)}")
                 continue
             if event.type == Event.TYPE_STATE:
                 state = str(data.get("state", state))
             style = LEVEL_STYLE.get(event.level, "")
-            line = f"[dim]{event.sequence:>4}[/dim] {event.message}"
+            line = f"[dim]{event.sequence:>4}[/dim] {escape(event.message)}"
             console.print(f"[{style}]{line}[/{style}]" if style else line)
+            if rendered := data.get("rendered"):  # the template check's example, as trained
+                for text in str(rendered).rstrip("\n").splitlines():
+                    console.print(f"     {text}", markup=False, highlight=False)
     return state

@@ -37,6 +37,7 @@ from bridge.uploads import BINARY, form_openapi, upload_file_form
 from server.states import job_state_name
 from server.validation import describe
 from trainer.hyperparameters import TABLE as HYPERPARAMETERS
+from trainer.hyperparameters import TARGET_MODULES
 from tunewire.v1 import (
     checkpoints_pb2,
     events_pb2,
@@ -360,6 +361,10 @@ HyperparametersIn = create_model(
         )
         for row in HYPERPARAMETERS
     },
+    target_modules=(
+        Literal[(*TARGET_MODULES, "auto")] | None,
+        Field(default=None, description="LoRA target-module preset; auto is QV."),
+    ),
 )
 
 
@@ -705,6 +710,10 @@ def job_proto(body: CreateJobRequest) -> Job:
     for given in (body.hyperparameters, chosen.hyperparameters if chosen else None, own):
         if given is not None:
             values.update(given.model_dump(exclude_none=True))
+    if (modules := values.pop("target_modules", "auto")) != "auto":
+        values["target_modules"] = jobs_pb2.Hyperparameters.TargetModules.Value(
+            f"TARGET_MODULES_{modules}"
+        )
     job = Job(
         base_model=body.model,
         training_file=body.training_file,
@@ -726,8 +735,6 @@ def job_proto(body: CreateJobRequest) -> Job:
     )
     if body.seed is not None:
         job.seed = body.seed
-    if spec is not None:
-        openai_graders.target_modules(body.method.reinforcement or {}, job)  # type: ignore[union-attr]
     return job
 
 

@@ -16,7 +16,7 @@ from bridge.errors import ApiError
 from bridge.routes.openai import OpenAIRoute
 from server.graders import SHAPE_ONLY, from_json, to_json
 from trainer import graders
-from trainer.hyperparameters import REINFORCEMENT, TABLE, TARGET_MODULES
+from trainer.hyperparameters import REINFORCEMENT, TABLE
 from tunewire.v1 import graders_pb2, jobs_pb2
 
 router = APIRouter(prefix="/fine_tuning/alpha/graders", tags=["openai"], route_class=OpenAIRoute)
@@ -98,8 +98,8 @@ def run_object(reply: graders_pb2.RunGraderResponse) -> dict[str, Any]:
 # --- method.reinforcement of a job --------------------------------------------------------------
 
 # OpenAI's n_epochs, batch_size and learning_rate_multiplier, plus Tunewire's LoRA and
-# early-stopping settings (as the other methods take them), and its target_modules.
-JOB_HYPERPARAMETERS = frozenset(row.name for row in TABLE)
+# early-stopping settings and target_modules, as the other methods take them.
+JOB_HYPERPARAMETERS = frozenset(row.name for row in TABLE) | {"target_modules"}
 
 
 def reinforcement_in(
@@ -139,9 +139,6 @@ def reinforcement_in(
                 setattr(out, name, own[name].type(value))
         elif name in JOB_HYPERPARAMETERS:
             job_level[name] = value
-        elif name == "target_modules":
-            if value not in TARGET_MODULES:
-                problems.append((field, f"must be one of {', '.join(TARGET_MODULES)}"))
         else:
             problems.append((field, "unknown argument"))
     if problems:
@@ -181,12 +178,3 @@ def job_hyperparameters(model: type[BaseModel], values: dict[str, Any]) -> BaseM
                 for problem in error.errors()
             ]
         ) from None
-
-
-def target_modules(spec: dict[str, Any], job: jobs_pb2.Job) -> None:
-    """Tunewire's `target_modules` where method.reinforcement.hyperparameters sets it."""
-    value = (spec.get("hyperparameters") or {}).get("target_modules")
-    if value in TARGET_MODULES:
-        job.hyperparameters.target_modules = jobs_pb2.Hyperparameters.TargetModules.Value(
-            f"TARGET_MODULES_{value}"
-        )
