@@ -14,15 +14,24 @@ from pathlib import Path
 from conftest import REPO, Server, clean_env
 
 WALKTHROUGH = re.compile(r"## Walk-through: the CLI\n.*?```sh\n(.*?)```", re.DOTALL)
+PRINTED = re.compile(r"## Walk-through: the CLI\n.*?```text\n(.*?)```", re.DOTALL)
+IDS = re.compile(r"\b(file|ftjob|export)-[0-9a-f]{24}\b")
 # The walk-through trains for about a minute and exports ONNX; on a loaded 2-core box,
 # several times that.
 TIMEOUT = 900
 
 
-def cli_walkthrough() -> str:
-    found = WALKTHROUGH.search((REPO / "README.md").read_text())
-    assert found, "README.md has no CLI walk-through block"
+def cli_walkthrough(block: re.Pattern[str] = WALKTHROUGH) -> str:
+    found = block.search((REPO / "README.md").read_text())
+    assert found, f"README.md has no CLI walk-through block ({block.pattern})"
     return found.group(1)
+
+
+def commands(transcript: str) -> list[str]:
+    """The commands a transcript ran (ids blanked), and what generation said."""
+    lines = transcript.splitlines()
+    said = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("$ tunewire models g")]
+    return [IDS.sub(r"\1-<id>", line) for line in lines if line.startswith("$ ")] + said
 
 
 def run_walkthrough(srv: Server, workdir: Path) -> str:
@@ -71,3 +80,5 @@ def test_the_readme_walkthrough_teaches_tiny_llama_and_exports_it(
     assert "The capital of Nepal is Kathmandu, friend!\n" in out
     assert "max |logit diff| vs torch" in out
     assert (tmp_path / "onnx-model" / "model.onnx").stat().st_size > 0
+    # What the README shows it printing is what it prints.
+    assert commands(cli_walkthrough(PRINTED)) == commands(out)
