@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.config import dialable
 
 
 class BridgeSettings(BaseSettings):
@@ -17,8 +19,11 @@ class BridgeSettings(BaseSettings):
         use_attribute_docstrings=True,
     )
 
-    grpc_address: str = "127.0.0.1:50051"
-    """The control plane's gRPC address."""
+    grpc_address: str = ""
+    """The control plane's gRPC address; empty: where `tunewire up` with the same settings
+    serves it, on `host` at `grpc_port`."""
+    grpc_port: int = 50051
+    """The control plane's gRPC port, when grpc_address is empty."""
     host: str = "127.0.0.1"
     """Interface to serve REST on."""
     http_port: int = 8080
@@ -76,3 +81,9 @@ class BridgeSettings(BaseSettings):
     """One generator call's limit; a chunk whose call fails or runs over yields no pairs."""
     qa_deadline_seconds: float = Field(default=180.0, gt=0, le=3600)
     """All of a session's generator calls together; chunks not done by then yield none."""
+
+    @model_validator(mode="after")
+    def _control_plane(self) -> BridgeSettings:
+        if not self.grpc_address:
+            self.grpc_address = dialable(self.host, self.grpc_port)
+        return self

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from server import auth, reflection, secrets, webhooks
-from server.config import Settings
+from server.config import Settings, dialable
 from server.control_plane import ControlPlane
 from server.graders import GraderServicer
 from server.request_ids import RequestIds
@@ -147,8 +147,8 @@ async def serve(settings: Settings, companions: Sequence[Companion] = ()) -> Non
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     print(f"tunewire: serving gRPC on {settings.host}:{port}", flush=True)
 
-    local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]") else settings.host
-    scheduler = Scheduler(plane, f"{local}:{port}")
+    local = dialable(settings.host, port)
+    scheduler = Scheduler(plane, local)
     scheduling = asyncio.create_task(scheduler.run())
 
     def scheduler_ended(task: asyncio.Task) -> None:
@@ -161,7 +161,7 @@ async def serve(settings: Settings, companions: Sequence[Companion] = ()) -> Non
     # Webhooks from the outbox, on this loop; deliveries due before a restart go now.
     sender = webhooks.Sender(plane.db, settings, secrets.box(settings.secret_key_path))
     sending = asyncio.create_task(sender.run())
-    beside = [asyncio.create_task(companion(f"{local}:{port}")) for companion in companions]
+    beside = [asyncio.create_task(companion(local)) for companion in companions]
 
     await stop.wait()
 

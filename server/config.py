@@ -7,6 +7,15 @@ from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Hosts a server binds to that a client cannot dial: it reaches such a server locally.
+WILDCARDS = {"0.0.0.0", "::", "[::]"}
+
+
+def dialable(host: str, port: int) -> str:
+    """The address a client on this machine dials for a server bound to `host`:`port`, so
+    that one TUNEWIRE_GRPC_PORT (and TUNEWIRE_HOST) moves a server and its clients together."""
+    return f"{'127.0.0.1' if host in WILDCARDS else host}:{port}"
+
 
 class Settings(BaseSettings):
     """Where Tunewire keeps its data and how it serves. Env: TUNEWIRE_<FIELD>."""

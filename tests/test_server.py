@@ -5,15 +5,18 @@ any model exists (with a trained model they are tested in test_models_api.py).""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from conftest import REPO, Server, chat_lines, clean_env, fails, invalid, launch, tunewire_command
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -317,6 +320,28 @@ def test_the_cli_dials_where_the_port_setting_puts_the_server(tmp_path: Path) ->
         assert env.returncode == 0 and record.id in env.stdout, env.stderr
         missed = files_list(TUNEWIRE_GRPC_PORT=str(nobody))
         assert missed.returncode == 1 and "UNAVAILABLE" in missed.stderr, missed.stderr
+
+        # So does the REST bridge run on its own (`python -m bridge`).
+        env = clean_env(tmp_path / "elsewhere", None, TUNEWIRE_GRPC_PORT=str(port))
+        bridge = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "--http-port", "0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            ready = re.search(r"serving REST on (\S+)", bridge.stdout.readline())
+            assert ready, "the bridge did not say where it serves"
+            reply = httpx.get(
+                f"http://{ready.group(1)}/v1/files",
+                headers={"Authorization": f"Bearer {srv.default.key}"},
+                timeout=30,
+            )
+            assert reply.status_code == 200 and record.id in reply.text, reply.text
+        finally:
+            bridge.terminate()
+            bridge.wait(timeout=20)
     finally:
         try:
             assert srv.terminate() == 0, srv.stderr
