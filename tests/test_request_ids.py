@@ -19,7 +19,7 @@ import openai
 import pytest
 from conftest import Server, chat_lines, fails, launch
 
-from tunewire.v1 import files_pb2, jobs_pb2
+from tunewire.v1 import files_pb2, jobs_pb2, models_pb2
 
 REST_READY = re.compile(r"tunewire: serving REST on (\S+):(\d+)")
 GENERATED = re.compile(r"req_[0-9a-f]{24}")
@@ -208,3 +208,31 @@ def test_log_lines_of_a_call_carry_its_id(srv: Server, http: httpx.Client) -> No
     assert set(by_logger) == {"uvicorn.access", "tunewire.rpc"}, lines
     assert "/v1/fine_tuning/jobs/ftjob-" in by_logger["uvicorn.access"]["message"]
     assert by_logger["tunewire.rpc"]["code"] == "NOT_FOUND"
+
+
+def test_the_inference_worker_logs_under_the_callers_id(srv: Server) -> None:
+    org = srv.default
+    mine = unique("generate-log")
+    replies = org.models.Generate(
+        models_pb2.GenerateRequest(model_id="tiny-llama", prompt="Hello", max_tokens=4),
+        metadata=[*org.client.metadata, ("x-request-id", mine)],
+        timeout=120,
+    )
+    assert [r.finish_reason for r in replies][-1] == "length"
+    # Each worker process logs to a file of its own in the data dir.
+    deadline = time.monotonic() + 10
+    while not (lines := worker_lines(srv, mine)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [(line["logger"], line["message"]) for line in lines] == [
+        ("tunewire.worker", "generate")
+    ], lines
+    assert lines[0]["model"] == "tiny-llama"
+
+
+def worker_lines(srv: Server, ident: str) -> list[dict[str, Any]]:
+    found = []
+    for path in (srv.home / "logs").glob("worker-*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if f'"request_id": "{ident}"' in line:
+                found.append(json.loads(line))
+    return found

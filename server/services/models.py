@@ -13,7 +13,7 @@ import logging
 import grpc
 from google.protobuf import empty_pb2
 
-from server import exports, registry
+from server import exports, registry, request_ids
 from server.control_plane import ControlPlane, authenticated, caller_org
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from server.store import pages, records
@@ -187,7 +187,11 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
                 )
 
     def _metadata(self) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {self.plane.worker_token}")]
+        # The caller's request id travels on, so the worker's log lines name it too.
+        ident = request_ids.current.get()
+        return [("authorization", f"Bearer {self.plane.worker_token}")] + (
+            [(request_ids.KEY, ident)] if ident else []
+        )
 
     @authenticated
     async def Generate(self, request: models_pb2.GenerateRequest, context):

@@ -4,15 +4,18 @@ control plane to stream through, for as long as it holds its serving lease."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 
 import grpc
 
+from server import request_ids
 from trainer import classifier, models
 from trainer.generation import Generator, InvalidPrompt, SamplingParams
 from trainer.worker.lease import Lease
@@ -35,6 +38,20 @@ class InferenceServicer(worker_pb2_grpc.InferenceServiceServicer):
         if not hmac.compare_digest(header.encode(), self.expected):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "not this worker's control plane")
 
+    @contextlib.contextmanager
+    def _call(self, context: grpc.ServicerContext, what: str, model: str) -> Iterator[None]:
+        """A call under its request id (the control plane's caller's), logged when done."""
+        given = dict(context.invocation_metadata() or ()).get(request_ids.KEY)
+        # Set, not reset by token: a stream the caller drops is closed on another thread.
+        request_ids.current.set(request_ids.accept(given))
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = round(time.perf_counter() - started, 3)
+            log.info(what, extra={"fields": {"model": model, "seconds": seconds}})
+            request_ids.current.set(None)
+
     def _adapter(self, key: str) -> Path:
         return self.place.blobs.get_dir(key, self.place.cache)
 
@@ -42,6 +59,12 @@ class InferenceServicer(worker_pb2_grpc.InferenceServiceServicer):
         self, request: worker_pb2.InferenceServiceGenerateRequest, context
     ) -> Iterator[models_pb2.GenerateResponse]:
         self._authorize(context)
+        with self._call(context, "generate", request.base_model):
+            yield from self._generate(request, context)
+
+    def _generate(
+        self, request: worker_pb2.InferenceServiceGenerateRequest, context
+    ) -> Iterator[models_pb2.GenerateResponse]:
         asked = request.request
         given = {
             name: getattr(asked, name)
@@ -88,6 +111,12 @@ class InferenceServicer(worker_pb2_grpc.InferenceServiceServicer):
         self, request: worker_pb2.InferenceServiceClassifyRequest, context
     ) -> models_pb2.ClassifyResponse:
         self._authorize(context)
+        with self._call(context, "classify", request.base_model):
+            return self._classify(request, context)
+
+    def _classify(
+        self, request: worker_pb2.InferenceServiceClassifyRequest, context
+    ) -> models_pb2.ClassifyResponse:
         inputs = list(request.request.inputs)
         try:
             base = models.resolve_model(self.place.models_dir, request.base_model)
