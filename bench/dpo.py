@@ -354,7 +354,9 @@ def _plan(train_data: Any, config: Config) -> list[int]:
     return [
         index
         for epoch in range(config.n_epochs)
-        for batch in batching.plan_epoch(train_data.lengths, config.batch_size, config.seed, epoch)
+        for batch in batching.plan_epoch(
+            len(train_data.lengths), config.batch_size, config.seed, epoch
+        )
         for index in batch
     ]
 

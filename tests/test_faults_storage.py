@@ -98,13 +98,21 @@ def kill_writers_at_random(db: Path, rounds: int, seed: int) -> tuple[int, int]:
     rng = random.Random(seed)
     acked: dict[int, int] = {}
     next_txn, kills = 1, 0
-    for _ in range(rounds):
+    for round_ in range(rounds):
         proc = writer(db, "killed", next_txn, 100_000)
         lines: list[str] = []
         reader = threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True)
         reader.start()
-        # 0 s kills it while it imports and migrates; later ones mid-stream.
-        time.sleep(rng.uniform(0, 0.8))
+        if round_ % 2:
+            # Mid-stream: once it has acknowledged a write, however slowly a loaded machine
+            # got it there.
+            deadline = time.monotonic() + 60
+            while not lines and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.2))
+        else:
+            # From its start: while it imports and migrates, or early in the stream.
+            time.sleep(rng.uniform(0, 0.8))
         if proc.poll() is None:
             proc.kill()
             kills += 1

@@ -108,3 +108,42 @@ def test_preset_adapts_the_modules_it_names_and_the_loss_falls(
     assert adapted == {f"{layers}.{i}.{module}" for i in (0, 1) for module in per_layer[preset]}
     config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert sorted(config["target_modules"]) == sorted(lora.target_modules(base.model_type, preset))
+
+
+@pytest.mark.parametrize("kind", sorted(ARCHITECTURES))
+def test_a_packed_row_trains_as_its_sequences_do_alone(
+    kind: str, built: dict[str, Path], one_torch_thread: None
+) -> None:
+    """What a GPU trains (`batching.pack`, one row, position ids restarting per sequence)
+    gives the loss and gradients of the same sequences padded in rows, for each family:
+    transformers must keep attention within each packed sequence."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainer import batching, data, methods
+    from trainer.formats import Example, Format
+
+    tokenizer = models.load_tokenizer(built[kind])
+    model = AutoModelForCausalLM.from_pretrained(built[kind], dtype=torch.float32)
+    model.eval()  # no dropout: the two layouts must run the same arithmetic
+    texts = ["The capital of Nepal is Kathmandu.", "Hi", "Rivers run to the sea, always."]
+    # Text examples train on every token, the first included: packing must not let one
+    # sequence's last position learn the next one's first token.
+    examples = [Example(Format.TEXT, text=t) for t in texts]
+    sequences = data.encode_examples(examples, tokenizer, 64).sequences
+    supervised = methods.Supervised()
+
+    def measured(batch: batching.Batch) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        loss, _ = supervised.measure(model, batch, bf16=False)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    padded, padded_grads = measured(batching.collate(sequences, tokenizer.pad_token_id))
+    packed_batch = batching.pack(sequences)
+    assert packed_batch.input_ids.shape == (1, sum(len(s.input_ids) for s in sequences))
+    assert packed_batch.label_tokens == sum(s.n_label_tokens for s in sequences)
+    packed, packed_grads = measured(packed_batch)
+    assert packed == pytest.approx(padded, rel=1e-5)
+    for mine, theirs in zip(packed_grads, padded_grads, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-3, atol=1e-5)  # float rounding

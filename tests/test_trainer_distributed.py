@@ -179,7 +179,8 @@ def test_fsdp_ranks_train_the_same_run_as_one_process(tiny: Path, tmp_path: Path
     gathered = load_file(sharded / "adapter" / ADAPTER_WEIGHTS)
     assert gathered.keys() == weights.keys()
     for key, value in weights.items():
-        torch.testing.assert_close(gathered[key], value, rtol=0, atol=1e-7)  # measured 1.5e-8
+        # Float summation order only: measured up to 1.8e-7 on weights of ~0.1.
+        torch.testing.assert_close(gathered[key], value, rtol=0, atol=1e-6)
     # So is the optimizer state, gathered into one process's layout: Adam's moments are
     # where summed gradients differ from averaged ones (Adam and clipping hide the scale
     # from the losses: averaging moves them by only 1e-4, and the moments by 0.03).
@@ -188,7 +189,7 @@ def test_fsdp_ranks_train_the_same_run_as_one_process(tiny: Path, tmp_path: Path
         for d in (alone, sharded)
     ]
     assert states[1]["param_groups"] == states[0]["param_groups"]
-    torch.testing.assert_close(states[1]["state"], states[0]["state"], rtol=0, atol=1e-7)
+    torch.testing.assert_close(states[1]["state"], states[0]["state"], rtol=0, atol=1e-6)
 
     # Checkpoints resume on either world size and either sharding: the sharded run's step 2
     # in one process, the one-process run's step 2 sharded on two ranks.

@@ -1,20 +1,24 @@
-"""Batches that spend little compute on padding, in an order a resumed run can reproduce.
+"""Batches that train as well as random ones and spend little compute on padding, in an
+order a resumed run can reproduce.
 
-Length grouping (as Hugging Face's LengthGroupedSampler and Megatron do): shuffle all
-sequences, cut the shuffled order into windows of `MEGA_BATCH` batches, sort each window
-by length so every batch holds sequences of nearly equal length, then shuffle the batch
-order. Sequences still see random neighbours and a random position in the epoch, but
-padding shrinks to a few percent on realistically varied lengths.
+Batches are random, as Hugging Face's Trainer draws them: length-sorted batches (its
+group_by_length, or sort windows) pad less, but every step then sees one kind of example
+(short single-turn chats in one, long multi-turn ones in the next), and the run learns
+measurably less (bench/training.py: 15% less held-out loss reduction with windows of 64
+batches). Padding is removed within each batch instead, by how the device runs it best:
 
-Within a batch, `split_by_length` then cuts off the rows whose padding would cost more
-than an extra forward/backward pass (the long tail of a small data set leaves a 900-token
-row beside 300-token ones even after sorting), so computed tokens stay within a few percent
-of real ones however few sequences there are to sort. The step's loss is the token mean over
-all of its micro-batches, so a split changes speed and peak memory, not the loss or the
-gradient (up to float rounding; dropout draws its masks per micro-batch).
+- On a CPU, `split_by_length` cuts a batch into micro-batches of near-equal lengths,
+  where padding would cost more than an extra forward/backward pass.
+- On a GPU, `pack` lays a batch's sequences end to end in one row whose position ids
+  restart at each sequence (attention stays within each; flash-attention's varlen path
+  runs it as separate sequences). On a CPU its attention mask costs more than splitting.
 
-The plan is a pure function of (lengths, batch_size, seed, epoch), so a run resumed from a
-checkpoint recomputes it and skips straight to its saved batch index.
+Either way the step's loss is the token mean over all its sequences: the layout changes
+speed and peak memory, not the loss or the gradient (up to float rounding; dropout draws
+its masks per micro-batch).
+
+The plan is a pure function of (number of sequences, batch_size, seed, epoch), so a run
+resumed from a checkpoint recomputes it and skips straight to its saved batch index.
 """
 
 from __future__ import annotations
@@ -27,30 +31,19 @@ import torch
 
 from trainer.data import IGNORE_INDEX, TokenSequence
 
-MEGA_BATCH = 64
-"""Batches per sort window: larger windows pad less but make batches less random."""
-
 PASS_COST_TOKENS = {"cpu": 32, "cuda": 1024}
 """What one more forward/backward pass costs, in tokens of work it could have done instead
 (fixed per-pass overhead x throughput; measured ~30 on a CPU core for a 14M Llama, and a
 GPU pass has a far higher floor). Devices not listed use the "cuda" figure."""
 
 
-def plan_epoch(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Sequence indices of each batch of epoch `epoch`, in training order. Every sequence
-    appears once; only the last batch of the last window may be smaller."""
+def plan_epoch(count: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Sequence indices of each batch of epoch `epoch`, in training order: a shuffle of
+    all `count` cut into batches; only the last may be smaller."""
     # String seeds are hashed with SHA-512: stable across runs, processes and platforms.
-    rng = random.Random(f"tunewire:{seed}:{epoch}")
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    window = batch_size * MEGA_BATCH
-    batches: list[list[int]] = []
-    for start in range(0, len(order), window):
-        # sorted() is stable, so ties keep their shuffled order and the plan stays exact.
-        group = sorted(order[start : start + window], key=lambda i: lengths[i], reverse=True)
-        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
-    rng.shuffle(batches)
-    return batches
+    order = list(range(count))
+    random.Random(f"tunewire:{seed}:{epoch}").shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, count, batch_size)]
 
 
 def split_by_length(
@@ -76,6 +69,18 @@ def split_by_length(
     return parts[::-1]
 
 
+def balance(batch: Sequence[int], lengths: Sequence[int], parts: int) -> list[list[int]]:
+    """`batch` as at most `parts` non-empty groups of near-equal total length (longest
+    first, each to the lightest group): one packed row per data-parallel rank."""
+    groups: list[list[int]] = [[] for _ in range(min(parts, len(batch)))]
+    loads = [0] * len(groups)
+    for i in sorted(batch, key=lambda i: lengths[i], reverse=True):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(i)
+        loads[lightest] += lengths[i]
+    return groups
+
+
 def padding_ratio(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
     """Computed tokens (batch rows x longest row) over real tokens: 1.0 means no padding."""
     computed = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
@@ -84,28 +89,58 @@ def padding_ratio(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> f
 
 @dataclass(frozen=True)
 class Batch:
-    """A right-padded micro-batch."""
+    """A micro-batch: right-padded rows with an attention mask, or one packed row whose
+    position ids restart at each sequence (`pack`)."""
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None
     labels: torch.Tensor
     real_tokens: int
     """Non-padding tokens: what tokens/s and trained tokens count."""
     label_tokens: int
     """Tokens the loss is computed on."""
+    position_ids: torch.Tensor | None = None
+    """Packed rows only: each token's position within its own sequence."""
 
     @property
     def computed_tokens(self) -> int:
         return self.input_ids.numel()
 
     def to(self, device: torch.device) -> Batch:
+        def moved(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.to(device, non_blocking=True)
+
         return Batch(
-            self.input_ids.to(device, non_blocking=True),
-            self.attention_mask.to(device, non_blocking=True),
-            self.labels.to(device, non_blocking=True),
+            moved(self.input_ids),
+            moved(self.attention_mask),
+            moved(self.labels),
             self.real_tokens,
             self.label_tokens,
+            moved(self.position_ids),
         )
+
+
+def pack(sequences: Sequence[TokenSequence]) -> Batch:
+    """The sequences end to end in one row, no padding. Position ids restart at each
+    sequence, and from them transformers masks attention to within each sequence (SDPA,
+    eager and flash-attention varlen alike), so every token sees exactly what it would
+    alone. A sequence's first label is dropped: its first token is predicted by the
+    previous sequence's last position, which it does not see."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for sequence in sequences:
+        input_ids += sequence.input_ids
+        labels += (IGNORE_INDEX, *sequence.labels[1:])
+        positions += range(len(sequence.input_ids))
+    return Batch(
+        input_ids=torch.tensor([input_ids]),
+        attention_mask=None,
+        labels=torch.tensor([labels]),
+        real_tokens=len(input_ids),
+        label_tokens=sum(sequence.n_label_tokens for sequence in sequences),
+        position_ids=torch.tensor([positions]),
+    )
 
 
 def collate(sequences: Sequence[TokenSequence], pad_id: int) -> Batch:

@@ -341,7 +341,7 @@ def run(args: TrainArgs, cb: Callbacks) -> TrainResult:
     log_tokens, log_seconds = 0, 0.0
     start_epoch, start_batch = progress.data_epoch, progress.data_batch
     for epoch in range(start_epoch, hp.n_epochs):
-        plan = batching.plan_epoch(lengths, hp.batch_size, args.seed, epoch)
+        plan = batching.plan_epoch(len(lengths), hp.batch_size, args.seed, epoch)
         accumulation = args.gradient_accumulation_steps
         groups = [plan[i : i + accumulation] for i in range(0, len(plan), accumulation)]
         for index in range(start_batch if epoch == start_epoch else 0, len(groups)):

@@ -54,6 +54,8 @@ class Method(Protocol):
     """What `measure` sums, in order; `metrics` reads them by these names."""
     metric_names: tuple[str, ...]
     """The metrics `metrics` returns beyond loss and mean_token_accuracy."""
+    packs: bool
+    """Whether its batches may be packed rows (`batching.pack`): its loss is per token."""
 
     def load(
         self,
@@ -101,6 +103,7 @@ class Supervised:
     name: str = "supervised"
     stats: tuple[str, ...] = ("loss", "correct")
     metric_names: tuple[str, ...] = ()
+    packs: bool = True
 
     def load(
         self,
@@ -151,6 +154,7 @@ class DPO:
 
     beta: float = AUTO_BETA
     name: str = "dpo"
+    packs: bool = False  # its loss is per sequence pair
     stats: tuple[str, ...] = (
         "loss",
         "rewards_chosen",
@@ -264,6 +268,7 @@ def _logits(
         logits = model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
             use_cache=False,
             **kept,
         ).logits

@@ -410,13 +410,15 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
     # ---- train loop ----------------------------------------------------------------------
     pad_id = tokenizer.pad_token_id
     pass_cost = batching.PASS_COST_TOKENS.get(device.type, batching.PASS_COST_TOKENS["cuda"])
+    # A GPU runs a packed row's attention per sequence; a CPU does better with micro-batches.
+    packed = method.packs and device.type == "cuda"
     evaluate = partial(_evaluate, model, method, pad_id=pad_id, batch_size=hp.batch_size, bf16=bf16)
     early_stopped = False
     saved_step = resume.step if resume else -1
     log_tokens, log_seconds = 0, 0.0
     start_epoch, start_batch = progress.data_epoch, progress.data_batch
     for epoch in range(start_epoch, hp.n_epochs):
-        plan = batching.plan_epoch(lengths, hp.batch_size, args.seed, epoch)
+        plan = batching.plan_epoch(len(lengths), hp.batch_size, args.seed, epoch)
         accumulation = args.gradient_accumulation_steps
         groups = [plan[i : i + accumulation] for i in range(0, len(plan), accumulation)]
         for index in range(start_batch if epoch == start_epoch else 0, len(groups)):
@@ -431,11 +433,19 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
 
             started = time.perf_counter()
             learning_rate = scheduler.get_last_lr()[0]
-            micro_batches = [
-                method.collate([train_data.units[i] for i in part], pad_id)
-                for batch in groups[index]
-                for part in batching.split_by_length(batch, lengths, pass_cost)
-            ]
+            micro_batches = (
+                [
+                    batching.pack([train_data.units[i] for i in part])
+                    for batch in groups[index]
+                    for part in batching.balance(batch, lengths, ranks.world)
+                ]
+                if packed
+                else [
+                    method.collate([train_data.units[i] for i in part], pad_id)
+                    for batch in groups[index]
+                    for part in batching.split_by_length(batch, lengths, pass_cost)
+                ]
+            )
             trained = _train_step(
                 model,
                 method,

@@ -121,6 +121,7 @@ class Reinforcement:
     """The reinforcement method (see the module docstring)."""
 
     name = "reinforcement"
+    packs = False  # its batches are prompts to sample from
 
     def __init__(self, spec: dict[str, Any], on_event: EventSink | None = None) -> None:
         self.spec = spec

@@ -26,12 +26,12 @@ def watch(client: Client, job_id: str, after: int, console: Console) -> str:
     )
     task = None
     stream = client.jobs.StreamJobEvents(
-        jobs_pb2.StreamJobEventsRequest(job_id=job_id, after_sequence=after),
+        # Batches: the replay of a long job's history comes in a few messages, not thousands.
+        jobs_pb2.StreamJobEventsRequest(job_id=job_id, after_sequence=after, max_batch_size=1000),
         metadata=client.metadata,
     )
     with bar:
-        for reply in stream:
-            event = reply.event
+        for event in (event for reply in stream for event in reply.events):
             data = dict(event.data)
             if event.type == Event.TYPE_METRICS and "step" in data:
                 if task is None:
