@@ -51,9 +51,11 @@ BENCHMARKS = [
     "bridge",
     "onnx",
     "classification",
+    "generation",
 ]
 SLOWEST_FIRST = [
     "onnx",
+    "generation",
     "classification",
     "training",
     "dpo",

@@ -22,6 +22,7 @@ from tunewire.v1 import (
     jobs_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    uploads_pb2_grpc,
 )
 
 T = TypeVar("T")
@@ -43,6 +44,7 @@ class Backend:
     models: models_pb2_grpc.ModelServiceStub = field(init=False)
     graders: graders_pb2_grpc.GraderServiceStub = field(init=False)
     conversations: conversations_pb2_grpc.ConversationServiceStub = field(init=False)
+    uploads: uploads_pb2_grpc.UploadServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
@@ -51,6 +53,7 @@ class Backend:
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)
         self.graders = graders_pb2_grpc.GraderServiceStub(self.channel)
         self.conversations = conversations_pb2_grpc.ConversationServiceStub(self.channel)
+        self.uploads = uploads_pb2_grpc.UploadServiceStub(self.channel)
 
     @classmethod
     def connect(cls, address: str) -> Backend:

@@ -3,9 +3,10 @@ forwarded into `FileService.UploadFile` client streams chunk by chunk.
 
 Nothing is held whole, in memory or on disk: the bridge holds one HTTP chunk
 and one gRPC message at a time, and HTTP and gRPC flow control slow the client
-down to the server's pace. The server enforces the size limit while streaming;
-its RESOURCE_EXHAUSTED is answered 413. What the bridge does hold, text fields
-and names, is limited here (max_form_field_bytes each, max_form_parts and
+down to the server's pace. The parts of uploads sent in parts (OpenAI's Uploads API)
+are streamed into `UploadService.AddUploadPart` the same way. The server enforces the
+size limit while streaming; its RESOURCE_EXHAUSTED is answered 413. What the bridge
+does hold, text fields and names, is limited here (max_form_field_bytes each, max_form_parts and
 max_form_text_bytes in all), also 413. A request that fails for any reason
 cancels the upload in flight and deletes the files it already stored. The
 client's filename is passed on as data only (the server stores blobs under
@@ -19,9 +20,11 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from fastapi import Request
+from google.protobuf.message import Message
 
 from bridge.backend import Backend, Metadata
 from bridge.errors import ApiError, Code
@@ -34,7 +37,7 @@ from bridge.multipart import (
     boundary_of,
 )
 from bridge.settings import BridgeSettings
-from tunewire.v1 import files_pb2
+from tunewire.v1 import files_pb2, uploads_pb2
 
 log = logging.getLogger("tunewire.bridge")
 
@@ -75,33 +78,28 @@ def upload_error(error: grpc.aio.AioRpcError) -> ApiError:
     return failure
 
 
-class _Upload:
-    """One UploadFile call: metadata first, then chunks of `chunk_bytes`."""
+class _Stream:
+    """One client-streaming upload call: its first message, then chunks of `chunk` bytes
+    (`message(chunk)` makes each one's message)."""
 
     def __init__(
-        self, backend: Backend, auth: Metadata, name: str, destination: Destination, chunk: int
+        self, call: Any, first: Message, message: Callable[[bytes], Message], chunk: int
     ) -> None:
-        self.name = name
-        self.destination = destination
-        self._call = backend.files.UploadFile(metadata=auth)
+        self._call = call
+        self._first = first
+        self._message = message
         self._chunk = chunk
         self._pending = bytearray()
 
     async def start(self) -> None:
-        await self._send(
-            files_pb2.UploadFileRequest(
-                metadata=files_pb2.UploadFileMetadata(
-                    filename=self.destination.filename, purpose=self.destination.purpose
-                )
-            )
-        )
+        await self._send(self._first)
 
     async def write(self, data: bytes) -> None:
         self._pending += data
         if len(self._pending) >= self._chunk:
             await self._flush()
 
-    async def finish(self) -> File:
+    async def finish(self) -> Any:
         await self._flush()
         # When the server has already ended the call (over the limit while the
         # last chunks were in flight), done_writing raises its own usage error;
@@ -120,9 +118,9 @@ class _Upload:
         if self._pending:
             chunk = bytes(self._pending)
             self._pending.clear()
-            await self._send(files_pb2.UploadFileRequest(chunk=chunk))
+            await self._send(self._message(chunk))
 
-    async def _send(self, message: files_pb2.UploadFileRequest) -> None:
+    async def _send(self, message: Message) -> None:
         try:
             await self._call.write(message)
         except Exception:
@@ -133,6 +131,25 @@ class _Upload:
             except grpc.aio.AioRpcError as error:
                 raise upload_error(error) from None
             raise
+
+
+class _Upload(_Stream):
+    """One UploadFile call: metadata first, then chunks of `chunk_bytes`."""
+
+    def __init__(
+        self, backend: Backend, auth: Metadata, name: str, destination: Destination, chunk: int
+    ) -> None:
+        self.name = name
+        self.destination = destination
+        metadata = files_pb2.UploadFileMetadata(
+            filename=destination.filename, purpose=destination.purpose
+        )
+        super().__init__(
+            backend.files.UploadFile(metadata=auth),
+            files_pb2.UploadFileRequest(metadata=metadata),
+            lambda data: files_pb2.UploadFileRequest(chunk=data),
+            chunk,
+        )
 
 
 @asynccontextmanager
@@ -299,6 +316,59 @@ async def upload_file_form(
                 [("purpose", "must come before the file part in the form (unless it is fine-tune)")]
             )
         return form.files["file"]
+
+
+async def upload_part_form(
+    request: Request, backend: Backend, auth: Metadata, settings: BridgeSettings, upload_id: str
+) -> uploads_pb2.UploadPart:
+    """The form of `POST …/uploads/{upload_id}/parts` (OpenAI and native): one part named
+    `data`, streamed into `UploadService.AddUploadPart`. The call is ended only once the
+    whole form has been read, so a malformed form stores no part; a part is durable once
+    the server has answered."""
+    boundary = boundary_of(request.headers.get("content-type", ""))
+    if boundary is None:
+        raise ApiError.of(
+            Code.INVALID_ARGUMENT,
+            "expected a multipart/form-data body with a boundary",
+            http_status=415,
+        )
+    parser = MultipartParser(boundary)
+    held = _Held(settings)
+    part: _Stream | None = None
+    in_data = done = False
+    try:
+        async for chunk in request.stream():
+            for event in parser.feed(chunk):
+                match event:
+                    case PartStart():
+                        held.part(len(event.name) + len(event.filename or ""))
+                        if event.name != "data" or part is not None:
+                            why = "sent twice" if event.name == "data" else "unknown field"
+                            raise ApiError.invalid(
+                                [(event.name, f"{why}: the form has one part, `data`")]
+                            )
+                        part = _Stream(
+                            backend.uploads.AddUploadPart(metadata=auth),
+                            uploads_pb2.AddUploadPartRequest(upload_id=upload_id),
+                            lambda data: uploads_pb2.AddUploadPartRequest(chunk=data),
+                            settings.upload_chunk_bytes,
+                        )
+                        await part.start()
+                        in_data = True
+                    case PartData() if in_data and part is not None:
+                        await part.write(event.data)
+                    case PartEnd():
+                        in_data = False
+        parser.close()
+        if part is None:
+            raise ApiError.invalid([("data", "required: a part named 'data'")])
+        done = True
+        return await part.finish()
+    except MultipartError as error:
+        raise ApiError.of(Code.INVALID_ARGUMENT, f"malformed multipart body: {error}") from None
+    finally:
+        if part is not None and not done:
+            part.cancel()
 
 
 BINARY = {"type": "string", "format": "binary"}

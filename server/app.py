@@ -27,6 +27,7 @@ from server.services.exports import ExportServicer
 from server.services.files import FileServicer
 from server.services.jobs import JobServicer
 from server.services.models import ModelServicer
+from server.services.uploads import UploadServicer
 from server.services.webhooks import WebhookServicer
 from server.services.worker import WorkerServicer
 from server.store.home import make_private
@@ -45,6 +46,8 @@ from tunewire.v1 import (
     jobs_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    uploads_pb2,
+    uploads_pb2_grpc,
     webhooks_pb2,
     webhooks_pb2_grpc,
     worker_pb2_grpc,
@@ -60,6 +63,12 @@ SERVICES = [
     (files_pb2, "FileService", files_pb2_grpc.add_FileServiceServicer_to_server, FileServicer),
     (jobs_pb2, "JobService", jobs_pb2_grpc.add_JobServiceServicer_to_server, JobServicer),
     (models_pb2, "ModelService", models_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer),
+    (
+        uploads_pb2,
+        "UploadService",
+        uploads_pb2_grpc.add_UploadServiceServicer_to_server,
+        UploadServicer,
+    ),
     (
         exports_pb2,
         "ExportService",

@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     reconnect on their next call)."""
     max_upload_bytes: int = 512 * 1024 * 1024
     """Largest upload accepted; enforced while streaming."""
+    max_chunked_upload_bytes: int = 8_000_000_000
+    """Largest file sent in parts (an Upload's declared `bytes`; OpenAI's limit, 8 GB),
+    independent of `max_upload_bytes`."""
+    max_upload_part_bytes: int = 64 * 1024 * 1024
+    """Largest part of an Upload (OpenAI's limit, 64 MB); enforced while streaming."""
+    upload_expiry_seconds: float = 3600.0
+    """An Upload not completed this long after its creation expires, and its parts are
+    deleted (OpenAI's hour)."""
     max_line_bytes: int = 8 * 1024 * 1024
     """Longest line of an uploaded training file; a longer one is reported as a problem of
     its line (`line_too_long`) and never held in memory."""

@@ -21,10 +21,11 @@ from server.serving import Serving
 from server.store import records
 from server.store.blobs import TMP, BlobStore
 from server.store.db import connect
-from tunewire.v1 import files_pb2, worker_pb2
+from tunewire.v1 import files_pb2, uploads_pb2, worker_pb2
 
 Kind = worker_pb2.Lease.Kind
 FILES = "files"  # uploads' blobs: files/<file id>
+UPLOADS = "uploads"  # parts of uploads sent in parts: uploads/<upload id>/<part id>
 
 log = logging.getLogger("tunewire.server")
 
@@ -120,6 +121,20 @@ class ControlPlane:
         known = {row[0] for row in self.db.execute("SELECT id FROM files")}
         doomed = [k for k in self.blobs.stale(FILES, before) if k.split("/")[-1] not in known]
         doomed += self.blobs.stale(TMP, before)
+        # Parts: those of uploads no longer pending, and any stored without its row.
+        pending = {
+            row[0]
+            for row in self.db.execute(
+                "SELECT id FROM uploads WHERE state = ?", [uploads_pb2.Upload.STATE_PENDING]
+            )
+        }
+        parts = {row[0] for row in self.db.execute("SELECT id FROM upload_parts")}
+        for folder in self.blobs.list_dirs(UPLOADS):
+            if folder.split("/")[-1] not in pending:
+                doomed.append(folder)
+            else:
+                stale = self.blobs.stale(folder, before)
+                doomed += [k for k in stale if k.split("/")[-1] not in parts]
         for key in doomed:
             self.blobs.delete(key)
         if doomed:

@@ -8,9 +8,10 @@ import time
 from google.protobuf import timestamp_pb2
 
 
-def new_id(prefix: str) -> str:
-    """`{prefix}-{24 hex}`: 96 random bits, so ids can't be guessed across orgs."""
-    return f"{prefix}-{secrets.token_hex(12)}"
+def new_id(prefix: str, separator: str = "-") -> str:
+    """`{prefix}-{24 hex}`: 96 random bits, so ids can't be guessed across orgs. (Uploads
+    and their parts take OpenAI's `_`: `upload_{24 hex}`.)"""
+    return f"{prefix}{separator}{secrets.token_hex(12)}"
 
 
 def now() -> float:

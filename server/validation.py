@@ -11,8 +11,12 @@ so it is the same whatever base model the file is later trained on.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -124,6 +128,137 @@ def validate_file(
         problem_count=problem_count,
         labels=tally.sorted(),
     )
+
+
+class Cancelled(Exception):
+    """The upload being validated ended without its last chunk."""
+
+
+class _Pipe:
+    """Bytes handed from the event loop to the validating thread, read as a file is: at
+    most `limit` bytes (plus the chunk being put) are held, so validation that falls behind
+    slows the upload down instead of filling memory."""
+
+    def __init__(self, limit: int, sink: Callable[[bytes], None] | None = None) -> None:
+        self._limit = limit
+        self._sink = sink
+        self._chunks: deque[bytes] = deque()
+        self._held = 0
+        self._ended = False
+        self._aborted = False
+        self._changed = threading.Condition()
+        self._room: asyncio.Event | None = None  # set (thread-safely) when there is room
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def put(self, data: bytes) -> None:
+        """Hand `data` on; waits, without blocking the event loop, while the pipe is full."""
+        while True:
+            with self._changed:
+                if self._ended:  # the reader is gone (it failed): nothing is read any more
+                    return
+                if self._held < self._limit:
+                    self._chunks.append(data)
+                    self._held += len(data)
+                    self._changed.notify()
+                    return
+                self._loop = asyncio.get_running_loop()
+                self._room = room = asyncio.Event()
+            await room.wait()
+
+    def end(self, aborted: bool = False) -> None:
+        """No more chunks (`aborted`: and none of them matter any more)."""
+        with self._changed:
+            self._ended = True
+            self._aborted = self._aborted or aborted
+            self._changed.notify()
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._room is not None:
+            self._loop.call_soon_threadsafe(self._room.set)  # type: ignore[union-attr]
+            self._room = None
+
+    def read(self, size: int) -> bytes:
+        """Exactly `size` bytes, fewer only at the end: the blocks a file read gives, so
+        validation finds exactly what it finds in the stored file."""
+        with self._changed:
+            while self._held < size and not self._ended:
+                self._changed.wait()
+            if self._aborted:
+                raise Cancelled
+            taken: list[bytes] = []
+            want = size
+            while want and self._chunks:
+                chunk = self._chunks.popleft()
+                if len(chunk) > want:
+                    chunk, rest = chunk[:want], chunk[want:]
+                    self._chunks.appendleft(rest)
+                taken.append(chunk)
+                want -= len(chunk)
+            self._held -= size - want
+            if self._held < self._limit:
+                self._wake()
+        block = b"".join(taken)
+        if self._sink is not None and block:
+            self._sink(block)
+        return block
+
+    def __enter__(self) -> _Pipe:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+
+class StreamValidation:
+    """`validate_file` run on an upload while it arrives: `feed` each chunk (in order) from
+    the event loop, then `report()`. A thread of its own reads the chunks in the same
+    blocks a file read gives and runs the same one pass, so the report is the stored
+    file's, and it is ready as soon as the last chunk is in: validation overlaps the
+    transfer instead of following it. At most `buffer_bytes` wait for the thread.
+
+    `sink`, when given, is called in the thread with every block read, in order (every
+    byte fed, once): the upload's blob writer, so that the event loop's thread, which
+    receives the chunks, never waits for the validating thread to hand back the GIL after
+    each write and hash (which release it) but only once per chunk."""
+
+    def __init__(
+        self,
+        filename: str,
+        *,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        buffer_bytes: int = 8 << 20,
+        sink: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self._pipe = _Pipe(max(buffer_bytes, _BLOCK_SIZE), sink)  # a read takes a whole block
+        self._result: Future[Report] = Future()
+        # A thread of its own, not the shared pool: it waits on its client for as long as
+        # the upload lasts, which must never starve other work of the pool's threads.
+        threading.Thread(
+            target=self._run, args=(filename, max_line_bytes), name="validation", daemon=True
+        ).start()
+
+    def _run(self, filename: str, max_line_bytes: int) -> None:
+        try:
+            report = validate_file(self._pipe, filename=filename, max_line_bytes=max_line_bytes)
+        except BaseException as error:  # Cancelled among them: handed to whoever waits
+            self._pipe.end(aborted=True)  # so that `feed` never waits for this thread again
+            self._result.set_exception(error)
+        else:
+            self._result.set_result(report)
+
+    async def feed(self, chunk: bytes) -> None:
+        if chunk:
+            await self._pipe.put(chunk)
+
+    async def report(self) -> Report:
+        """The report, once the thread has read the last chunk."""
+        self._pipe.end()
+        return await asyncio.wrap_future(self._result)
+
+    def cancel(self) -> None:
+        """The upload failed: the thread stops at its next read."""
+        self._pipe.end(aborted=True)
 
 
 def describe(line: int, path: str, message: str) -> str:

@@ -52,6 +52,8 @@ from tunewire.v1 import (
     graders_pb2,
     jobs_pb2,
     models_pb2,
+    uploads_pb2,
+    uploads_pb2_grpc,
     webhooks_pb2,
     webhooks_pb2_grpc,
     worker_pb2,
@@ -65,7 +67,7 @@ INTERNAL = {"tunewire.v1.WorkerService"}  # workers only; answers no API key (te
 # Served by inference workers at their own address, to the control plane alone.
 WORKER_SERVED = {"tunewire.v1.InferenceService"}
 MODULES = (auth_pb2, checkpoints_pb2, common_pb2, events_pb2, exports_pb2, files_pb2, jobs_pb2)
-MODULES += (conversations_pb2, graders_pb2, models_pb2, webhooks_pb2, worker_pb2)
+MODULES += (conversations_pb2, graders_pb2, models_pb2, webhooks_pb2, worker_pb2, uploads_pb2)
 RPCS = [method for service in PUBLIC for method in service.methods]
 
 # Which object an id field names.
@@ -78,6 +80,7 @@ REFERENCES = {
     "export_id": "export",
     "endpoint_id": "webhook_endpoint",
     "conversation_id": "conversation",
+    "upload_id": "upload",
 }
 KINDS = set(REFERENCES.values())
 # Ids that name no object of the caller's to reach: an idempotency key, and a list's
@@ -94,6 +97,7 @@ FILLERS: dict[str, Any] = {
 # POST/DELETE RPCs that name no existing object: they only ever create the caller's own.
 CREATES_ONLY = {
     "tunewire.v1.FileService.UploadFile",
+    "tunewire.v1.UploadService.CreateUpload",
     "tunewire.v1.WebhookService.CreateWebhookEndpoint",
     # Graders are computed from the request alone: nothing stored is read or written.
     "tunewire.v1.GraderService.RunGrader",
@@ -288,6 +292,27 @@ class World:
         )
         self.owned["conversation"] = chat.id
         self.victim_ids.add(chat.id)
+        # A pending upload with one part (parts are named only in CompleteUpload's list).
+        self.uploads = uploads_pb2_grpc.UploadServiceStub(v.client.channel)
+        upload = self.uploads.CreateUpload(
+            uploads_pb2.CreateUploadRequest(
+                upload=uploads_pb2.Upload(
+                    filename="victim.jsonl",
+                    purpose=files_pb2.File.PURPOSE_FINE_TUNE,
+                    bytes=len(sample),
+                    mime_type="text/jsonl",
+                )
+            ),
+            metadata=v.client.metadata,
+            timeout=30,
+        )
+        part = self.uploads.AddUploadPart(
+            iter([uploads_pb2.AddUploadPartRequest(upload_id=upload.id, chunk=sample[:100])]),
+            metadata=v.client.metadata,
+            timeout=30,
+        )
+        self.owned["upload"] = upload.id
+        self.victim_ids |= {upload.id, part.id}
 
     def snapshot(self) -> list[Message]:
         """Everything the victim owns, as the victim sees it."""
@@ -307,6 +332,11 @@ class World:
             ),
             self.chats.GetConversation(
                 conversations_pb2.GetConversationRequest(conversation_id=owned["conversation"]),
+                metadata=v.client.metadata,
+                timeout=30,
+            ),
+            self.uploads.GetUpload(
+                uploads_pb2.GetUploadRequest(upload_id=owned["upload"]),
                 metadata=v.client.metadata,
                 timeout=30,
             ),
@@ -544,6 +574,7 @@ PATH_REFERENCES = {
     "endpoint_id": "webhook_endpoint",
     "webhook_id": "webhook_endpoint",
     "conversation_id": "conversation",
+    "upload_id": "upload",
 }
 PATH_FILLERS = {"path": "config.json"}  # a file every merged export has
 QUERY_FILLERS = {"type": "chat-finetune-input"}  # Cohere's one dataset type for fine-tuning
@@ -595,6 +626,8 @@ HTTP_CREATES_ONLY = {
     ("post", "/tunewire/v1/files"),
     ("post", "/v1/files"),
     ("post", "/api/llm/files"),
+    ("post", "/tunewire/v1/uploads"),
+    ("post", "/v1/uploads"),
     ("post", "/cohere/v1/datasets"),
     ("post", "/api/v1/sessions/learn"),
     ("post", "/tunewire/v1/webhook_endpoints"),

@@ -264,3 +264,54 @@ def test_large_file_in_one_pass(tmp_path: Path) -> None:
     lines.pop(31_337)
     write(path, lines)
     assert sum(1 for _ in read_examples(path)) == validate_file(path).examples == 49_999
+
+
+def test_validation_while_streaming_finds_what_the_stored_file_has(tmp_path: Path) -> None:
+    """StreamValidation, fed an upload's chunks as they come (of any size, split anywhere,
+    a BOM's bytes and a multi-byte character included), reports exactly what validate_file
+    finds in the stored file: problems, messages, lines and byte offsets."""
+    import asyncio
+    import random
+
+    from server.validation import StreamValidation
+
+    cap = 1 << 20
+    lines: list[str | bytes] = [
+        b"\xef\xbb\xbf" + CHAT_LINE.encode(),
+        json.dumps({"text": "a" * (3 << 20)}),  # past the cap, across read blocks
+        b'{"text": "caf\xc3"}',
+        json.dumps({"messages": [{"role": "robot", "content": "h\u00e9"}]}),
+        "",
+        "{broken",
+        *[CHAT_LINE] * 2000,
+    ]
+    path = write(tmp_path / "train.jsonl", lines, end="\n")
+    data = path.read_bytes()
+    expected = validate_file(path, max_line_bytes=cap)
+    assert expected.problem_count == 5
+
+    async def streamed(sizes: list[int]) -> Report:
+        validation = StreamValidation("train.jsonl", max_line_bytes=cap, buffer_bytes=1)
+        start = 0
+        for size in sizes:
+            await validation.feed(data[start : start + size])
+            start += size
+        await validation.feed(data[start:])
+        return await validation.report()
+
+    rng = random.Random(7)
+    for sizes in ([1, 1, 1, 5], [rng.randint(1, 300_000) for _ in range(40)], [len(data)]):
+        assert asyncio.run(streamed(sizes)) == expected
+
+    async def cancelled() -> None:
+        validation = StreamValidation("train.jsonl")
+        await validation.feed(data[:1000])
+        validation.cancel()
+        try:
+            await validation.report()
+        except Exception as error:
+            assert type(error).__name__ == "Cancelled"
+        else:
+            raise AssertionError("a cancelled validation reported")
+
+    asyncio.run(cancelled())

@@ -4,8 +4,9 @@ transcoded by one generic endpoint per binding (bridge.transcode).
 
 Errors are google.rpc.Status JSON with grpc-gateway's HTTP statuses. Server
 streams are NDJSON, or server-sent events for `Accept: text/event-stream`,
-resumable with `Last-Event-ID` where the request has a cursor. The one
-client-streaming RPC, UploadFile, takes a multipart form at its path.
+resumable with `Last-Event-ID` where the request has a cursor. The client-streaming
+RPCs take a multipart form at their path: UploadFile (`purpose`, `file`) and
+AddUploadPart (`data`).
 
 One route is not an RPC: `GET /tunewire/v1/hyperparameters`, the hyperparameter table
 (`trainer/hyperparameters.py`) that forms such as the dashboard's are built from.
@@ -35,7 +36,7 @@ from bridge.streams import (
     wants_events,
 )
 from bridge.transcode import Binding, to_json
-from bridge.uploads import BINARY, form_openapi, upload_file_form
+from bridge.uploads import BINARY, form_openapi, upload_file_form, upload_part_form
 from trainer.hyperparameters import BASE_LEARNING_RATE, TABLE, TARGET_MODULES
 from tunewire.v1 import (
     auth_pb2,
@@ -45,6 +46,7 @@ from tunewire.v1 import (
     graders_pb2,
     jobs_pb2,
     models_pb2,
+    uploads_pb2,
     webhooks_pb2,
 )
 
@@ -58,8 +60,10 @@ PUBLIC_API = (
     webhooks_pb2.DESCRIPTOR,
     graders_pb2.DESCRIPTOR,
     conversations_pb2.DESCRIPTOR,
+    uploads_pb2.DESCRIPTOR,
 )
 UPLOAD_METHOD = "tunewire.v1.FileService.UploadFile"
+PART_METHOD = "tunewire.v1.UploadService.AddUploadPart"
 PURPOSES = {
     value.name: value.number for value in files_pb2.File.Purpose.DESCRIPTOR.values if value.number
 }
@@ -126,11 +130,28 @@ def _upload_openapi(binding: Binding) -> dict[str, Any]:
     return operation
 
 
+async def add_upload_part(
+    upload_id: str, request: Request, backend: BackendDep, auth: Auth, settings: SettingsDep
+) -> Response:
+    """`tunewire.v1.UploadService.AddUploadPart` as a multipart form: the part as `data`."""
+    part = await upload_part_form(request, backend, auth, settings, upload_id)
+    return JSONResponse(to_json(part))
+
+
+def _part_openapi(binding: Binding) -> dict[str, Any]:
+    operation = binding.openapi()
+    operation.update(form_openapi({"data": BINARY}, ["data"]))
+    return operation
+
+
 for _binding in BINDINGS:
     if _binding.method.client_streaming:
-        if _binding.method.full_name != UPLOAD_METHOD:
+        if _binding.method.full_name == UPLOAD_METHOD:
+            handler, extra = upload_file, _upload_openapi(_binding)
+        elif _binding.method.full_name == PART_METHOD:
+            handler, extra = add_upload_part, _part_openapi(_binding)
+        else:
             raise NotImplementedError(f"no REST form for client stream {_binding.method.full_name}")
-        handler, extra = upload_file, _upload_openapi(_binding)
     else:
         handler, extra = _endpoint(_binding), _binding.openapi()
     router.add_api_route(

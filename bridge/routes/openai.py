@@ -61,6 +61,11 @@ PARAMS = {
     "metadata.purpose": "purpose",
     "after_id": "after",
     "order_by": "order",
+    "upload.filename": "filename",
+    "upload.purpose": "purpose",
+    "upload.bytes": "bytes",
+    "upload.mime_type": "mime_type",
+    "chunk": "data",  # an upload's part
 }
 
 
@@ -981,6 +986,10 @@ router.include_router(jobs_router)
 from bridge.routes import openai_graders  # noqa: E402
 
 router.include_router(openai_graders.router)
+# Files sent in parts (OpenAI's Uploads API).
+from bridge.routes import openai_uploads  # noqa: E402
+
+router.include_router(openai_uploads.router)
 
 # --- models -----------------------------------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -13,8 +12,9 @@ from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from server.ids import new_id, now, timestamp
 from server.lifecycle import FINAL_STATES_SQL
 from server.store import pages, records
+from server.store.blobs import BlobWriter
 from server.store.db import write
-from server.validation import validate_file
+from server.validation import StreamValidation
 from tunewire.v1 import files_pb2, files_pb2_grpc
 
 File = files_pb2.File
@@ -53,6 +53,66 @@ async def _drain(requests: AsyncIterator[files_pb2.UploadFileRequest], budget: i
             return
 
 
+class Intake:
+    """One file being stored: its bytes streamed to the blob store and, for a fine-tune
+    file, validated as they arrive (server.validation.StreamValidation), so the report is
+    ready when the last chunk is. UploadFile and CompleteUpload both store files with it,
+    so a file is the same whichever way its bytes came."""
+
+    def __init__(self, plane: ControlPlane, meta: files_pb2.UploadFileMetadata) -> None:
+        self.plane = plane
+        self.meta = meta
+        self.file_id = new_id("file")
+        self.size = 0  # bytes received
+        self.writer: BlobWriter = plane.blobs.writer(f"files/{self.file_id}")
+        # A fine-tune file's bytes are written by the validating thread as it reads them.
+        self.validation = (
+            StreamValidation(
+                meta.filename,
+                max_line_bytes=plane.settings.max_line_bytes,
+                sink=self.writer.write,
+            )
+            if meta.purpose == File.PURPOSE_FINE_TUNE
+            else None
+        )
+
+    async def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.validation is not None:
+            await self.validation.feed(chunk)
+        else:
+            self.writer.write(chunk)
+
+    async def finish(self) -> File:
+        """Wait for the report and make the blob visible; returns the file's record, not
+        saved yet. Whatever ends the call before it is saved must `delete` the blob."""
+        report = await self.validation.report() if self.validation is not None else None
+        record = File(
+            id=self.file_id,
+            filename=self.meta.filename,
+            purpose=self.meta.purpose,
+            bytes=self.writer.size,
+            sha256=self.writer.sha256,
+            state=File.STATE_PROCESSED,
+        )
+        if report is not None:
+            record.validation.CopyFrom(report_proto(report))
+            record.state = File.STATE_PROCESSED if report.ok else File.STATE_ERROR
+        self.writer.commit()
+        record.create_time.CopyFrom(timestamp(now()))
+        return record
+
+    def discard(self) -> None:
+        """Before `finish` has returned: no .part is left, and validation stops."""
+        if self.validation is not None:
+            self.validation.cancel()
+        self.writer.discard()
+
+    def delete(self) -> None:
+        """After `finish`: the blob goes again."""
+        self.plane.blobs.delete(self.writer.key)
+
+
 class FileServicer(files_pb2_grpc.FileServiceServicer):
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
@@ -75,56 +135,31 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
         if problems:
             raise InvalidArgument(problems)
 
-        file_id = new_id("file")
         limit = self.plane.settings.max_upload_bytes
-        writer = self.plane.blobs.writer(f"files/{file_id}")
+        intake = Intake(self.plane, meta)
         try:
             async for message in requests:
                 if message.HasField("metadata"):
                     raise InvalidArgument.field("metadata", "sent twice; only the first message")
-                if writer.size + len(message.chunk) > limit:
+                if intake.size + len(message.chunk) > limit:
                     await _drain(requests, budget=limit)
                     raise ResourceExhausted(
                         f"file is larger than the upload limit of {limit} bytes"
                     )
-                writer.write(message.chunk)
-            key = writer.commit()
+                await intake.write(message.chunk)
+            record = await intake.finish()
         except BaseException:  # a cancel or a closed socket too: no .part is left
-            writer.discard()
+            intake.discard()
             raise
         # The blob is visible now: whatever ends the call before its row is saved (a
-        # cancel during validation, a full database) takes it away again.
+        # cancel, a full database) takes it away again.
         try:
-            return await self._record(key, file_id, meta, writer.size, writer.sha256)
+            with write(self.plane.db):
+                self.plane.save_file(record, caller_org())
         except BaseException:
-            self.plane.blobs.delete(key)
+            intake.delete()
             raise
-
-    async def _record(
-        self, key: str, file_id: str, meta: files_pb2.UploadFileMetadata, size: int, digest: str
-    ) -> File:
-        record = File(
-            id=file_id,
-            filename=meta.filename,
-            purpose=meta.purpose,
-            bytes=size,
-            sha256=digest,
-            state=File.STATE_PROCESSED,
-            create_time=timestamp(now()),
-        )
-        if meta.purpose == File.PURPOSE_FINE_TUNE:
-            report = await asyncio.to_thread(self._validate, key, meta.filename)
-            record.validation.CopyFrom(report_proto(report))
-            record.state = File.STATE_PROCESSED if report.ok else File.STATE_ERROR
-        with write(self.plane.db):
-            self.plane.save_file(record, caller_org())
         return record
-
-    def _validate(self, key: str, filename: str):
-        with self.plane.blobs.open(key) as blob:
-            return validate_file(
-                blob, filename=filename, max_line_bytes=self.plane.settings.max_line_bytes
-            )
 
     @authenticated
     async def GetFile(self, request: files_pb2.GetFileRequest, context) -> File:

@@ -256,4 +256,24 @@ MIGRATIONS: list[str | Callable[[sqlite_utils.Database], None]] = [
     _deleted_jobs,
     # 8: conversations (see _conversations).
     _conversations,
+    # 9: uploads sent in parts (UploadService): the upload, and its parts (their bytes are
+    # blobs, uploads/<upload id>/<part id>); pending uploads by expiry, for the sweep.
+    """
+    CREATE TABLE uploads (
+        id TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        proto BLOB NOT NULL
+    );
+    CREATE INDEX uploads_by_expiry ON uploads (state, expires_at);
+    CREATE TABLE upload_parts (
+        id TEXT PRIMARY KEY,
+        upload_id TEXT NOT NULL REFERENCES uploads (id) ON DELETE CASCADE,
+        bytes INTEGER NOT NULL,
+        proto BLOB NOT NULL
+    );
+    CREATE INDEX upload_parts_by_upload ON upload_parts (upload_id)
+    """,
 ]
