@@ -226,6 +226,18 @@ def test_same_seed_same_losses(
     assert other.losses != first.losses
 
 
+def test_gradient_checkpointing_trains_the_same_run(
+    baseline: tuple[TrainResult, Recorder], tiny: Path, files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Activations recomputed in backward, for memory: the same losses, within rounding
+    (dropout's masks are replayed by torch's checkpoint, so they match too)."""
+    _, first = baseline
+    _, checkpointed = run(make_args(tiny, files, tmp_path / "gc", gradient_checkpointing=True))
+    assert checkpointed.losses == pytest.approx(first.losses, rel=1e-5)
+    valid = [[v["valid_loss"] for v in run.validations] for run in (checkpointed, first)]
+    assert valid[0] == pytest.approx(valid[1], rel=1e-5)
+
+
 def test_resume_from_mid_run_checkpoint_continues_exactly(
     baseline: tuple[TrainResult, Recorder], tiny: Path, files: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -139,6 +139,10 @@ class TrainArgs:
     deterministic: bool = False
     """Ask torch for deterministic kernels (needed on CUDA for bit-identical reruns; CPU
     runs are deterministic anyway)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in backward instead of holding them:
+    about a third more compute for a fraction of the activation memory (long sequences,
+    big models on small GPUs). The same losses and gradients."""
     sharding: Sharding = "replicated"
     """How data-parallel ranks hold the model: "replicated" (each whole) or "fsdp" (each
     1/world of every weight, for a model that does not fit one device). Alone, the same."""

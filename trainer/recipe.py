@@ -282,6 +282,10 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
         )
 
     model = models.load_causal_lm(args.base_model, torch.bfloat16 if bf16 else torch.float32)
+    if args.gradient_checkpointing:
+        # Non-reentrant: the frozen embeddings' outputs need no requires_grad hook for the
+        # LoRA weights inside each checkpointed layer to get their gradients.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     with lora.peft_quietly():
         model = get_peft_model(
             model,
