@@ -14,7 +14,7 @@ CHROMIUM := /usr/bin/chromium
 TUNEWIRE_HOME ?= .tunewire
 export TUNEWIRE_HOME
 
-.PHONY: help run test test-slow lint proto bench bench-quick demo clean chromium
+.PHONY: help run test test-slow lint proto bench bench-quick bench-gpu demo clean chromium
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -71,8 +71,21 @@ bench: $(VENV)/.installed ## benchmarks vs what users would run instead; writes 
 bench-quick: $(VENV)/.installed ## every benchmark in seconds (CI: catches rot; figures mean nothing)
 	$(PY) -m bench --quick
 
+# GPU benchmarks get a venv of their own: every pin of CI's but torch's, whose CPU build
+# gives way to the CUDA build PyPI serves for Linux.
+GPU_VENV := .venv-gpu
+$(GPU_VENV)/.installed: pyproject.toml .ci/constraints.txt
+	python3 -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	grep -v '^torch==' .ci/constraints.txt > $(GPU_VENV)/constraints.txt
+	$(GPU_VENV)/bin/python -m pip install --quiet -c $(GPU_VENV)/constraints.txt -e '.[dev]'
+	touch $@
+
+bench-gpu: $(GPU_VENV)/.installed ## on a CUDA GPU: training tok/s and MFU vs HF and TRL, generation; writes bench/RESULTS-gpu.md
+	$(GPU_VENV)/bin/python -m bench --gpu training generation
+
 demo: $(VENV)/.installed ## run the README's CLI walk-through as written, on a server of its own
 	$(PY) -m pytest -q -s -p no:cacheprovider tests/test_readme.py
 
 clean: ## remove the venv and local data
-	rm -rf $(VENV) .tunewire .gen-check
+	rm -rf $(VENV) $(GPU_VENV) .tunewire .gen-check

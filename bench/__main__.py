@@ -26,6 +26,7 @@ from pathlib import Path
 from bench import report
 from bench.harness import (
     BENCH,
+    GPU_RESULTS_DIR,
     QUICK_DIR,
     REPO,
     RESULTS_DIR,
@@ -70,6 +71,8 @@ SLOWEST_FIRST = [
     "store",
     "validation",
 ]
+GPU_BENCHMARKS = ["training", "generation"]
+"""What `make bench-gpu` runs: those with GPU-sized variants."""
 DEFAULT_THREADS = 1
 """torch threads everywhere: the recipe's own choice for models under 100M parameters, and
 the figure least disturbed when other work shares the cores."""
@@ -100,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         help="benchmarks run at once (default: 3 with --quick, whose figures "
         "mean nothing anyway; else 1, as timings need the machine alone)",
     )
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="GPU-sized runs on CUDA (`make bench-gpu`), written to RESULTS-gpu.md; the "
+        f"benchmarks that have them: {', '.join(GPU_BENCHMARKS)}",
+    )
     parser.add_argument("--list", action="store_true", help="list the benchmarks")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child entry point
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -115,7 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}; see --list")
     names = options.names or BENCHMARKS
-    out = QUICK_DIR if options.quick else RESULTS_DIR
+    if options.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--gpu needs a CUDA GPU, and torch sees none (a CPU build of torch?)")
+        if options.quick or not set(names) <= set(GPU_BENCHMARKS):
+            parser.error(f"--gpu runs in full, and only {', '.join(GPU_BENCHMARKS)}")
+    out = QUICK_DIR if options.quick else GPU_RESULTS_DIR if options.gpu else RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     jobs = options.jobs or (3 if options.quick else 1)
@@ -129,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         names = sorted(names, key=SLOWEST_FIRST.index)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(lambda name: _spawn(name, options, out), names))
-    results_md = out / "RESULTS.md" if options.quick else BENCH / "RESULTS.md"
+    results_md = (
+        out / "RESULTS.md"
+        if options.quick
+        else BENCH / ("RESULTS-gpu.md" if options.gpu else "RESULTS.md")
+    )
     sections = report.load_sections(out, BENCHMARKS)
     results_md.write_text(report.render(sections, _command(options, [])))
     print(f"wrote {results_md.relative_to(REPO)} ({time.monotonic() - started:.0f} s)", flush=True)
@@ -143,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _flags(options: argparse.Namespace) -> list[str]:
     flags = ["--quick"] if options.quick else []
+    if options.gpu:
+        flags.append("--gpu")
     if options.threads != DEFAULT_THREADS:
         flags += ["--threads", str(options.threads)]
     if options.repeats != 3:
@@ -187,13 +209,14 @@ def _run_one(options: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore")
     name = options.one
     module = importlib.import_module(f"bench.{name}")
-    work = WORK / ("quick" if options.quick else "full") / name
+    work = WORK / ("quick" if options.quick else "gpu" if options.gpu else "full") / name
     work.mkdir(parents=True, exist_ok=True)
     ctx = Context(
         quick=options.quick,
         threads=options.threads,
         repeats=1 if options.quick else options.repeats,
         work=work,
+        gpu=options.gpu,
     )
     started = time.monotonic()
     details = machine()

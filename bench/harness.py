@@ -28,6 +28,8 @@ BENCH = REPO / "bench"
 WORK = BENCH / ".work"
 """Cached inputs (models, data sets) and scratch space; ignored by git."""
 RESULTS_DIR = BENCH / "results"
+GPU_RESULTS_DIR = BENCH / "results-gpu"
+"""The same for `--gpu` runs, rendered to RESULTS-gpu.md."""
 """One JSON per benchmark from the last full run; RESULTS.md is rendered from them."""
 QUICK_DIR = BENCH / ".quick"
 """Where `--quick` writes, so CI runs never touch the committed results."""
@@ -44,6 +46,8 @@ class Context:
     """Interleaved repeats after the warm-up (medians over them)."""
     work: Path
     """Scratch dir for this benchmark (created; kept between runs for cached inputs)."""
+    gpu: bool = False
+    """`make bench-gpu`: GPU-sized inputs on a CUDA device (the benchmarks that have them)."""
 
     def scale(self, full: Any, quick: Any) -> Any:
         return quick if self.quick else full

@@ -93,6 +93,8 @@ class Config:
     max_grad_norm: float = 1.0
     max_seq_len: int = 1024
     seed: int = 42
+    gradient_checkpointing: bool = False
+    """Tunewire's `tunewire_checkpointed` variant (a GPU run's): activations recomputed."""
 
 
 # --- the runner ------------------------------------------------------------------------------
@@ -100,13 +102,15 @@ class Config:
 
 def run(ctx: Context) -> Section:
     say = log(NAME)
-    shape = ctx.scale(workload.BENCH_MODEL, workload.QUICK_MODEL)
-    n_train = ctx.scale(96, 24)
+    shape = workload.GPU_MODEL if ctx.gpu else ctx.scale(workload.BENCH_MODEL, workload.QUICK_MODEL)
+    n_train = 512 if ctx.gpu else ctx.scale(96, 24)
+    # On a GPU, also the recipe with activations recomputed (memory for compute).
+    variants = (*VARIANTS, "tunewire_checkpointed") if ctx.gpu else VARIANTS
     model_dir = workload.bench_model(shape)
     config = Config(
         model_dir=str(model_dir),
         train_file=str(workload.chat_file(n_train, seed=1)),
-        eval_file=str(workload.chat_file(ctx.scale(48, 8), seed=2)),
+        eval_file=str(workload.chat_file(128 if ctx.gpu else ctx.scale(48, 8), seed=2)),
         threads=ctx.threads,
     )
     config_path = ctx.work / "config.json"
@@ -132,15 +136,15 @@ def run(ctx: Context) -> Section:
         # One process for all three, to keep CI fast; figures are not meaningful.
         samples = {
             name: [sample]
-            for name, sample in zip(VARIANTS, child(list(VARIANTS), config.seed), strict=True)
+            for name, sample in zip(variants, child(list(variants), config.seed), strict=True)
         }
     else:
         # Round r trains every variant with seed 42 + r: the spread over rounds is the
         # seed-to-seed noise the final losses are compared against.
         rounds = max(ctx.repeats, SEEDS)
-        seeds = {name: iter(range(config.seed, config.seed + rounds)) for name in VARIANTS}
+        seeds = {name: iter(range(config.seed, config.seed + rounds)) for name in variants}
         samples = interleaved(
-            {name: (lambda name=name: child([name], next(seeds[name]))[0]) for name in VARIANTS},
+            {name: (lambda name=name: child([name], next(seeds[name]))[0]) for name in variants},
             repeats=rounds,
             warmup=0,
             log=say,
@@ -310,16 +314,43 @@ def _section(
     )
     gpu = first.get("gpu")
     if gpu:
-        section.add(
-            Figure(
-                "model FLOPs utilisation (4N FLOPs/token)",
-                median_of(ours, "mfu"),
-                median_of(samples["hf_group_by_length"], "mfu"),
-                "",
-                LABELS["hf_group_by_length"],
-                note=gpu,
+        for baseline in VARIANTS[1:]:
+            section.add(
+                Figure(
+                    "model FLOPs utilisation (4N FLOPs per real token)",
+                    median_of(ours, "mfu"),
+                    median_of(samples[baseline], "mfu"),
+                    "",
+                    LABELS[baseline],
+                    note=gpu,
+                ),
+                Figure(
+                    "peak GPU memory",
+                    median_of(ours, "peak_gpu_mib"),
+                    median_of(samples[baseline], "peak_gpu_mib"),
+                    "MiB",
+                    LABELS[baseline],
+                    higher_is_better=False,
+                ),
             )
-        )
+        if checkpointed := samples.get("tunewire_checkpointed"):
+            section.add(
+                Figure(
+                    "real tokens/s, activations recomputed",
+                    median_of(checkpointed, "tokens_per_s"),
+                    tps["tunewire"],
+                    "tok/s",
+                    "Tunewire recipe, activations held",
+                ),
+                Figure(
+                    "peak GPU memory, activations recomputed",
+                    median_of(checkpointed, "peak_gpu_mib"),
+                    median_of(ours, "peak_gpu_mib"),
+                    "MiB",
+                    "Tunewire recipe, activations held",
+                    higher_is_better=False,
+                ),
+            )
     else:
         section.add(
             Figure(
@@ -354,6 +385,7 @@ def _worker(variants: list[str], config: Config) -> list[dict[str, Any]]:
     from trainer import data, models
 
     torch.set_num_threads(config.threads)
+    cuda = torch.cuda.is_available()
     tokenizer = models.load_tokenizer(config.model_dir)
     train_data = data.load_file(config.train_file, tokenizer, config.max_seq_len)
     eval_data = data.load_file(config.eval_file, tokenizer, config.max_seq_len)
@@ -361,8 +393,12 @@ def _worker(variants: list[str], config: Config) -> list[dict[str, Any]]:
     out = []
     for variant in variants:
         torch.manual_seed(config.seed)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         if variant == "tunewire":
             sample, model = _run_tunewire(config)
+        elif variant == "tunewire_checkpointed":
+            sample, model = _run_tunewire(replace(config, gradient_checkpointing=True))
         elif variant == "trl_padding_free":
             sample, model = _run_trl(config, train_data)
         else:
@@ -461,6 +497,7 @@ def _run_tunewire(config: Config) -> tuple[dict[str, Any], Any]:
             max_seq_len=config.max_seq_len,
             seed=config.seed,
             cpu_threads=config.threads,
+            gradient_checkpointing=config.gradient_checkpointing,
         )
         batching.collate, batching.pack = counting_calls(collate), counting_calls(pack)
         try:
@@ -738,8 +775,14 @@ def _sample(
 
         name = torch.cuda.get_device_name()
         peak = next((flops for key, flops in PEAK_BF16.items() if key in name), None)
-        flops = 4 * parameters["matmul"] * counting.computed / seconds
-        sample.update(gpu=name, model_flops_per_s=flops, mfu=flops / peak if peak else None)
+        # Useful work only: padding computed is not model FLOPs.
+        flops = 4 * parameters["matmul"] * counting.real / seconds
+        sample.update(
+            gpu=name,
+            model_flops_per_s=flops,
+            mfu=flops / peak if peak else None,
+            peak_gpu_mib=torch.cuda.max_memory_allocated() / 2**20,
+        )
     return sample
 
 
@@ -750,14 +793,15 @@ def _eval_loss(model: Any, sequences: list[Any], pad_id: int, batch_size: int = 
 
     from trainer import batching
 
-    model.eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
     total, count = 0.0, 0
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].input_ids))
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             batch = batching.collate(
                 [sequences[i] for i in order[start : start + batch_size]], pad_id
-            )
+            ).to(device)
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             total += F.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.size(-1)).float(),

@@ -43,6 +43,16 @@ class ModelShape:
 
 BENCH_MODEL = ModelShape()
 """Wide enough that matrix work dominates a step: ~14M parameters, 4 layers of 512."""
+GPU_MODEL = ModelShape(
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    max_position_embeddings=2048,
+)
+"""For `make bench-gpu`: ~0.7B parameters (TinyLlama-1.1B's width at 16 layers), enough
+matrix work per step for a GPU's throughput and MFU to mean something."""
 QUICK_MODEL = ModelShape(
     hidden_size=64,
     intermediate_size=176,
