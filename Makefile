@@ -44,7 +44,7 @@ run: $(VENV)/.installed ## serve gRPC (:50051) and REST (:8080), creating tiny-l
 	$(VENV)/bin/tunewire up
 
 test: lint $(CHROMIUM) ## lint, then the test suite (fast, CPU)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=15
 
 test-slow: $(VENV)/.installed ## the larger runs of the slow suites
 	$(PY) -m pytest -q -m slow

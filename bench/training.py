@@ -530,7 +530,6 @@ def _run_hf(config: Config, train_data: Any, group: bool) -> tuple[dict[str, Any
         DataCollatorForSeq2Seq,
         PrinterCallback,
         Trainer,
-        TrainerCallback,
         TrainingArguments,
     )
 
@@ -562,18 +561,6 @@ def _run_hf(config: Config, train_data: Any, group: bool) -> tuple[dict[str, Any
         return batch
 
     marks: dict[str, Any] = {"losses": [], "steps": 0}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *_args: Any, **_kwargs: Any) -> None:
-            marks["start"], marks["cpu_start"] = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, _args: Any, state: Any, *_rest: Any, **_kwargs: Any) -> None:
-            marks["end"], marks["cpu_end"] = time.perf_counter(), time.process_time()
-            marks["steps"] = state.global_step
-
-        def on_log(self, *_args: Any, logs: dict[str, float] | None = None, **_kw: Any) -> None:
-            if logs and "loss" in logs:
-                marks["losses"].append(logs["loss"])
 
     model = AutoModelForCausalLM.from_pretrained(config.model_dir, dtype=torch.float32)
     model = get_peft_model(
@@ -611,7 +598,7 @@ def _run_hf(config: Config, train_data: Any, group: bool) -> tuple[dict[str, Any
             args=arguments,
             train_dataset=Rows(),
             data_collator=collate,
-            callbacks=[Clock()],
+            callbacks=[_clock(marks)],
         )
         # logging_steps=1 is only for the loss curve: printing it would be extra work.
         trainer.remove_callback(PrinterCallback)
@@ -638,7 +625,7 @@ def _run_trl(config: Config, train_data: Any) -> tuple[dict[str, Any], Any]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
+    from transformers import AutoModelForCausalLM, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     from trainer import models
@@ -650,18 +637,6 @@ def _run_trl(config: Config, train_data: Any) -> tuple[dict[str, Any], Any]:
     counting = _Counting()
 
     marks: dict[str, Any] = {"losses": [], "steps": 0}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *_args: Any, **_kwargs: Any) -> None:
-            marks["start"], marks["cpu_start"] = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, _args: Any, state: Any, *_rest: Any, **_kwargs: Any) -> None:
-            marks["end"], marks["cpu_end"] = time.perf_counter(), time.process_time()
-            marks["steps"] = state.global_step
-
-        def on_log(self, *_args: Any, logs: dict[str, float] | None = None, **_kw: Any) -> None:
-            if logs and "loss" in logs:
-                marks["losses"].append(logs["loss"])
 
     model = AutoModelForCausalLM.from_pretrained(config.model_dir, dtype=torch.float32)
     cuda = torch.cuda.is_available()
@@ -700,7 +675,7 @@ def _run_trl(config: Config, train_data: Any) -> tuple[dict[str, Any], Any]:
                 target_modules=["q_proj", "v_proj"],
                 task_type="CAUSAL_LM",
             ),
-            callbacks=[Clock()],
+            callbacks=[_clock(marks)],
         )
         trainer.remove_callback(PrinterCallback)
         # TRL refuses a collator of ours with padding_free: count around its own.
@@ -728,6 +703,26 @@ def _run_trl(config: Config, train_data: Any) -> tuple[dict[str, Any], Any]:
         ),
         model,
     )
+
+
+def _clock(marks: dict[str, Any]) -> Any:
+    """A Trainer callback (HF's and TRL's) that marks the loop's start and end, wall and
+    CPU, its steps and its logged losses in `marks`."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *_args: Any, **_kwargs: Any) -> None:
+            marks["start"], marks["cpu_start"] = time.perf_counter(), time.process_time()
+
+        def on_step_end(self, _args: Any, state: Any, *_rest: Any, **_kwargs: Any) -> None:
+            marks["end"], marks["cpu_end"] = time.perf_counter(), time.process_time()
+            marks["steps"] = state.global_step
+
+        def on_log(self, *_args: Any, logs: dict[str, float] | None = None, **_kw: Any) -> None:
+            if logs and "loss" in logs:
+                marks["losses"].append(logs["loss"])
+
+    return Clock()
 
 
 def _pid() -> int:

@@ -171,6 +171,18 @@ async def streamed_form(
         raise
 
 
+def _parser(request: Request) -> MultipartParser:
+    """A parser for the request's multipart body; 415 when it is not one."""
+    boundary = boundary_of(request.headers.get("content-type", ""))
+    if boundary is None:
+        raise ApiError.of(
+            Code.INVALID_ARGUMENT,
+            "expected a multipart/form-data body with a boundary",
+            http_status=415,
+        )
+    return MultipartParser(boundary)
+
+
 async def _read(
     request: Request,
     backend: Backend,
@@ -179,14 +191,7 @@ async def _read(
     route: Route,
     form: Form,
 ) -> None:
-    boundary = boundary_of(request.headers.get("content-type", ""))
-    if boundary is None:
-        raise ApiError.of(
-            Code.INVALID_ARGUMENT,
-            "expected a multipart/form-data body with a boundary",
-            http_status=415,
-        )
-    parser = MultipartParser(boundary)
+    parser = _parser(request)
     held = _Held(settings)
     upload: _Upload | None = None
     name, text = "", bytearray()
@@ -325,14 +330,7 @@ async def upload_part_form(
     `data`, streamed into `UploadService.AddUploadPart`. The call is ended only once the
     whole form has been read, so a malformed form stores no part; a part is durable once
     the server has answered."""
-    boundary = boundary_of(request.headers.get("content-type", ""))
-    if boundary is None:
-        raise ApiError.of(
-            Code.INVALID_ARGUMENT,
-            "expected a multipart/form-data body with a boundary",
-            http_status=415,
-        )
-    parser = MultipartParser(boundary)
+    parser = _parser(request)
     held = _Held(settings)
     part: _Stream | None = None
     in_data = done = False
