@@ -95,6 +95,25 @@ def test_two_adapters_interleave_over_one_loaded_base(
     assert generator.base_loads == 1
 
 
+def test_the_base_interleaves_with_its_adapters(tiny: Path, adapters: dict[str, Path]) -> None:
+    generator = Generator()
+    alone = text(list(generator.generate(tiny, None, question(0), GREEDY)))
+    streams = {
+        key: generator.generate(tiny, adapters.get(key), question(0), GREEDY)
+        for key in ("a", None, "b")
+    }
+    got: dict[str | None, str] = dict.fromkeys(streams, "")
+    # Every step switches: adapter to base, base to adapter, adapter to adapter.
+    while streams:
+        for key, stream in list(streams.items()):
+            chunk = next(stream, None)
+            if chunk is None:
+                del streams[key]
+            else:
+                got[key] += chunk.text
+    assert got == {"a": ANSWERS["a"][0], None: alone, "b": ANSWERS["b"][0]}
+
+
 def test_idle_adapters_are_unloaded_past_the_limit_and_busy_ones_are_not(
     tiny: Path, adapters: dict[str, Path]
 ) -> None:
