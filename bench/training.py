@@ -524,7 +524,7 @@ def _run_tunewire(config: Config) -> tuple[dict[str, Any], Any]:
 
 def _run_hf(config: Config, train_data: Any, group: bool) -> tuple[dict[str, Any], Any]:
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import (
         AutoModelForCausalLM,
         DataCollatorForSeq2Seq,
@@ -563,35 +563,11 @@ def _run_hf(config: Config, train_data: Any, group: bool) -> tuple[dict[str, Any
     marks: dict[str, Any] = {"losses": [], "steps": 0}
 
     model = AutoModelForCausalLM.from_pretrained(config.model_dir, dtype=torch.float32)
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=["q_proj", "v_proj"],
-            task_type="CAUSAL_LM",
-        ),
-    )
+    model = get_peft_model(model, _lora(config))
     with tempfile.TemporaryDirectory() as output:
         arguments = TrainingArguments(
-            output_dir=output,
-            per_device_train_batch_size=config.batch_size,
-            num_train_epochs=config.n_epochs,
-            learning_rate=config.learning_rate,
-            warmup_steps=config.warmup_ratio,
-            lr_scheduler_type="linear",
-            weight_decay=0.0,
-            max_grad_norm=config.max_grad_norm,
-            seed=config.seed,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            use_cpu=not torch.cuda.is_available(),
-            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+            **_run_arguments(config, output),
             train_sampling_strategy="group_by_length" if group else "random",
-            dataloader_num_workers=0,
         )
         trainer = Trainer(
             model=model,
@@ -624,7 +600,6 @@ def _run_trl(config: Config, train_data: Any) -> tuple[dict[str, Any], Any]:
     position ids restarting per sequence (what `trainer.batching.pack` does on a GPU)."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -642,39 +617,18 @@ def _run_trl(config: Config, train_data: Any) -> tuple[dict[str, Any], Any]:
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as output:
         arguments = SFTConfig(
-            output_dir=output,
-            per_device_train_batch_size=config.batch_size,
-            num_train_epochs=config.n_epochs,
-            learning_rate=config.learning_rate,
-            warmup_steps=config.warmup_ratio,
-            lr_scheduler_type="linear",
-            weight_decay=0.0,
-            max_grad_norm=config.max_grad_norm,
-            seed=config.seed,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            use_cpu=not cuda,
-            # TRL's own defaults differ from transformers' here: the same run as the others.
-            bf16=cuda and torch.cuda.is_bf16_supported(),
+            **_run_arguments(config, output),
+            # TRL's own default differs from transformers' here: the same run as the others.
             gradient_checkpointing=False,
             padding_free=True,
             max_length=None,  # the sequences are already cut to max_seq_len
-            dataloader_num_workers=0,
         )
         trainer = SFTTrainer(
             model=model,
             args=arguments,
             train_dataset=rows,
             processing_class=tokenizer,
-            peft_config=LoraConfig(
-                r=config.lora_rank,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=config.lora_dropout,
-                target_modules=["q_proj", "v_proj"],
-                task_type="CAUSAL_LM",
-            ),
+            peft_config=_lora(config),
             callbacks=[_clock(marks)],
         )
         trainer.remove_callback(PrinterCallback)
@@ -702,6 +656,46 @@ def _run_trl(config: Config, train_data: Any) -> tuple[dict[str, Any], Any]:
             cuda,
         ),
         model,
+    )
+
+
+def _run_arguments(config: Config, output: str) -> dict[str, Any]:
+    """What the HF and TRL peers' training arguments share: the run every variant makes
+    (transformers' TrainingArguments, which TRL's SFTConfig extends)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "output_dir": output,
+        "per_device_train_batch_size": config.batch_size,
+        "num_train_epochs": config.n_epochs,
+        "learning_rate": config.learning_rate,
+        "warmup_steps": config.warmup_ratio,
+        "lr_scheduler_type": "linear",
+        "weight_decay": 0.0,
+        "max_grad_norm": config.max_grad_norm,
+        "seed": config.seed,
+        # logging_steps=1 is only for the loss curve (the Trainer's printer is removed).
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "use_cpu": not cuda,
+        "bf16": cuda and torch.cuda.is_bf16_supported(),
+        "dataloader_num_workers": 0,
+    }
+
+
+def _lora(config: Config) -> Any:
+    """The peers' adapter: the recipe's default preset (q, v) at the run's rank."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=["q_proj", "v_proj"],
+        task_type="CAUSAL_LM",
     )
 
 

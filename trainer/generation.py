@@ -19,7 +19,6 @@ tokenizer's chat template plus the assistant header, a raw prompt as BOS + its t
 from __future__ import annotations
 
 import hashlib
-import inspect
 import secrets
 import threading
 from collections import OrderedDict
@@ -105,9 +104,6 @@ class LoadedBase:
     tokenizer: PreTrainedTokenizerBase
     eos: frozenset[int]
     context_length: int
-    keep_last: bool = False
-    """Whether the model's forward takes `logits_to_keep` (computes the last position's
-    logits alone, not a vocabulary's worth for every prompt token)."""
     peft: PeftModel | None = None
     """The base wrapped by peft once the first adapter is loaded (same modules)."""
     adapters: OrderedDict[str, int] = field(default_factory=OrderedDict)
@@ -207,7 +203,6 @@ class Generator:
                     tokenizer=tokenizer,
                     eos=_eos_ids(model.generation_config, tokenizer),
                     context_length=model.config.max_position_embeddings,
-                    keep_last="logits_to_keep" in inspect.signature(model.forward).parameters,
                 )
                 self.base_loads += 1
             return self._bases[path]
@@ -323,7 +318,8 @@ class _TorchSession:
 
     def __call__(self, ids: list[int]) -> torch.Tensor:
         loaded = self.loaded
-        last = {"logits_to_keep": 1} if loaded.keep_last else {}
+        # The last position's logits alone, not a vocabulary's worth per prompt token.
+        last = {"logits_to_keep": 1} if models.keeps_logits(loaded.model) else {}
         with loaded.lock, torch.inference_mode():
             loaded.activate(self.adapter)
             out = (loaded.peft or loaded.model)(

@@ -28,8 +28,6 @@ dropout), in the same micro-batch as the policy, so it costs one forward without
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -39,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from trainer import batching, data
+from trainer import batching, data, models
 from trainer.args import AUTO_BETA, Hyperparameters, Refused
 from trainer.formats import Example, Format, read_examples
 
@@ -263,7 +261,7 @@ def _logits(
     width = batch.labels.size(1)
     # Where the first loss token of any row is, less one (the position predicting it).
     start = int((batch.labels != data.IGNORE_INDEX).any(dim=0).int().argmax()) - 1
-    kept = {"logits_to_keep": width - start} if start > 0 and _keeps_logits(model) else {}
+    kept = {"logits_to_keep": width - start} if start > 0 and models.keeps_logits(model) else {}
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(
             input_ids=batch.input_ids,
@@ -273,17 +271,6 @@ def _logits(
             **kept,
         ).logits
     return logits, batch.labels[:, width - logits.size(1) :]
-
-
-def _keeps_logits(model: Any) -> bool:
-    """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs do)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _takes_logits_to_keep(type(base))
-
-
-@functools.cache
-def _takes_logits_to_keep(cls: type) -> bool:
-    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

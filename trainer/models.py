@@ -8,7 +8,9 @@ arbitrary path on the machine.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -369,6 +371,18 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
     if tokenizer.chat_template is None:
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     return tokenizer
+
+
+def keeps_logits(model: Any) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs do):
+    the LM head can then run on the positions that need logits only."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _takes_logits_to_keep(type(base))
+
+
+@functools.cache
+def _takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def load_causal_lm(path: str | os.PathLike[str], dtype: torch.dtype) -> PreTrainedModel:
