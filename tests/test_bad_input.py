@@ -154,6 +154,57 @@ def test_validator_properties_at_length() -> None:
     print(f"\nFIGURE validator: {len(lines)} files, {sum(lines)} lines, 0 crashes")
 
 
+# Near-misses of a plain chat record: the shapes the validator's msgspec fast path sees
+# first. Written as raw text so that keys can repeat (JSON takes the last; so must it).
+near_roles = st.sampled_from(["user", "assistant", "system", "tool", "Chatbot", "developer", ""])
+near_values = (
+    near_roles
+    | st.sampled_from(["", "\\ud800", "a\\u0000b", "é", "\\n"])
+    | text
+    | st.integers(-1, 2)
+    | st.none()
+)
+
+
+def json_text(value: object) -> str:
+    # Escapes written above as \\uXXXX stay escapes; json.dumps would double them.
+    return f'"{value}"' if isinstance(value, str) and "\\" in value else json.dumps(value)
+
+
+@st.composite
+def near_chat_line(draw: st.DrawFn) -> bytes:
+    def members(pairs: list[tuple[str, object]]) -> str:
+        return "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in pairs) + "}"
+
+    key = st.sampled_from(["role", "content", "weight", "name", "extra"])
+    plain = st.tuples(near_roles, near_values).map(
+        lambda rc: [("role", json_text(rc[0])), ("content", json_text(rc[1]))]
+    )
+    loose = st.lists(st.tuples(key, near_values.map(json_text)), max_size=4)
+    messages = [members(draw(plain | loose)) for _ in range(draw(st.integers(0, 4)))]
+    top = [("messages", "[" + ", ".join(messages) + "]")]
+    for _ in range(draw(st.integers(0, 2))):
+        top.append(draw(st.sampled_from([("messages", '"no"'), ("tools", "[]"), ("x", "1")])))
+    return (draw(st.sampled_from(["", " "])) + members(draw(st.permutations(top)))).encode()
+
+
+@given(st.lists(near_chat_line(), min_size=1, max_size=4))
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_chat_fast_path_accepts_only_what_the_full_path_accepts(lines: list[bytes]) -> None:
+    from server.validation import _plain_chats, _trained_chars
+    from trainer.formats import Format, parse_record
+
+    end, chars = _plain_chats(lines, 0)
+    full = 0
+    for number, raw in enumerate(lines[:end], 1):
+        record = json.loads(raw.decode())
+        for fmt in (None, Format.CHAT):
+            example, problems = parse_record(record, number, fmt)
+            assert example is not None and example.format is Format.CHAT, (raw, problems)
+        full += _trained_chars(example)
+    assert chars == full
+
+
 @given(st.binary(max_size=4096), st.sampled_from(["data.jsonl", "notes.txt", "doc.md"]))
 @settings(max_examples=250, deadline=None)
 def test_validator_survives_arbitrary_bytes(data: bytes, filename: str) -> None:
