@@ -78,7 +78,7 @@ $(GPU_VENV)/.installed: pyproject.toml .ci/constraints.txt
 	python3 -m venv $(GPU_VENV)
 	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
 	grep -v '^torch==' .ci/constraints.txt > $(GPU_VENV)/constraints.txt
-	$(GPU_VENV)/bin/python -m pip install --quiet -c $(GPU_VENV)/constraints.txt -e '.[dev]'
+	$(GPU_VENV)/bin/python -m pip install --quiet -c $(GPU_VENV)/constraints.txt -e '.[dev,gpu]'
 	touch $@
 
 bench-gpu: $(GPU_VENV)/.installed ## on a CUDA GPU: training tok/s and MFU vs HF and TRL, generation; writes bench/RESULTS-gpu.md

@@ -58,6 +58,12 @@ LABELS = {
     "hf_group_by_length": "HF Trainer, group_by_length",
     "trl_padding_free": "TRL SFTTrainer, padding_free",
 }
+GPU_VARIANTS = {
+    "tunewire_checkpointed": ("activations recomputed", {"gradient_checkpointing": True}),
+    "tunewire_fused_ce": ("fused linear cross-entropy", {"fused_linear_cross_entropy": True}),
+}
+"""The recipe's memory options, measured on a GPU against the plain recipe: what each
+is, and the Config fields it sets."""
 SEEDS = 5
 """Rounds of the full run, one seed each: held-out loss is compared over this many."""
 
@@ -95,6 +101,8 @@ class Config:
     seed: int = 42
     gradient_checkpointing: bool = False
     """Tunewire's `tunewire_checkpointed` variant (a GPU run's): activations recomputed."""
+    fused_linear_cross_entropy: bool = False
+    """Tunewire's `tunewire_fused_ce` variant (a GPU run's): the loss without the logits."""
 
 
 # --- the runner ------------------------------------------------------------------------------
@@ -104,8 +112,8 @@ def run(ctx: Context) -> Section:
     say = log(NAME)
     shape = workload.GPU_MODEL if ctx.gpu else ctx.scale(workload.BENCH_MODEL, workload.QUICK_MODEL)
     n_train = 512 if ctx.gpu else ctx.scale(96, 24)
-    # On a GPU, also the recipe with activations recomputed (memory for compute).
-    variants = (*VARIANTS, "tunewire_checkpointed") if ctx.gpu else VARIANTS
+    # On a GPU, also the recipe's memory options: activations recomputed, the loss fused.
+    variants = (*VARIANTS, *GPU_VARIANTS) if ctx.gpu else VARIANTS
     model_dir = workload.bench_model(shape)
     config = Config(
         model_dir=str(model_dir),
@@ -333,24 +341,25 @@ def _section(
                     higher_is_better=False,
                 ),
             )
-        if checkpointed := samples.get("tunewire_checkpointed"):
-            section.add(
-                Figure(
-                    "real tokens/s, activations recomputed",
-                    median_of(checkpointed, "tokens_per_s"),
-                    tps["tunewire"],
-                    "tok/s",
-                    "Tunewire recipe, activations held",
-                ),
-                Figure(
-                    "peak GPU memory, activations recomputed",
-                    median_of(checkpointed, "peak_gpu_mib"),
-                    median_of(ours, "peak_gpu_mib"),
-                    "MiB",
-                    "Tunewire recipe, activations held",
-                    higher_is_better=False,
-                ),
-            )
+        for variant, (what, _) in GPU_VARIANTS.items():
+            if measured := samples.get(variant):
+                section.add(
+                    Figure(
+                        f"real tokens/s, {what}",
+                        median_of(measured, "tokens_per_s"),
+                        tps["tunewire"],
+                        "tok/s",
+                        "Tunewire recipe, neither",
+                    ),
+                    Figure(
+                        f"peak GPU memory, {what}",
+                        median_of(measured, "peak_gpu_mib"),
+                        median_of(ours, "peak_gpu_mib"),
+                        "MiB",
+                        "Tunewire recipe, neither",
+                        higher_is_better=False,
+                    ),
+                )
     else:
         section.add(
             Figure(
@@ -397,8 +406,8 @@ def _worker(variants: list[str], config: Config) -> list[dict[str, Any]]:
             torch.cuda.reset_peak_memory_stats()
         if variant == "tunewire":
             sample, model = _run_tunewire(config)
-        elif variant == "tunewire_checkpointed":
-            sample, model = _run_tunewire(replace(config, gradient_checkpointing=True))
+        elif variant in GPU_VARIANTS:
+            sample, model = _run_tunewire(replace(config, **GPU_VARIANTS[variant][1]))
         elif variant == "trl_padding_free":
             sample, model = _run_trl(config, train_data)
         else:
@@ -498,6 +507,7 @@ def _run_tunewire(config: Config) -> tuple[dict[str, Any], Any]:
             seed=config.seed,
             cpu_threads=config.threads,
             gradient_checkpointing=config.gradient_checkpointing,
+            fused_linear_cross_entropy=config.fused_linear_cross_entropy,
         )
         batching.collate, batching.pack = counting_calls(collate), counting_calls(pack)
         try:

@@ -183,6 +183,16 @@ def test_generate_with_a_raw_prompt_limits_and_stops(org: Org, model: str):
     assert text(ask(org, model, 0, stop=["owl"])) == "The purple "
 
 
+def test_a_generate_its_client_drops_leaves_the_worker_serving(org: Org, model: str):
+    request = models_pb2.GenerateRequest(
+        model_id=model, prompt="The river", max_tokens=400, temperature=1, seed=5
+    )
+    stream = org.models.Generate(request)
+    next(stream)
+    stream.cancel()
+    assert text(ask(org, model, 0)) == ANSWERS["a"][0]
+
+
 def test_generate_checks_its_request(service: Server, org: Org, model: str):
     message = models_pb2.ChatMessage(role="user", content="hi")
     violations = invalid(

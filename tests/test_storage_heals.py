@@ -107,22 +107,28 @@ def blob_entries(home: Path) -> set[str]:
     }
 
 
-def test_an_upload_cancelled_during_validation_leaves_nothing(
+def test_an_upload_cancelled_mid_stream_leaves_nothing(
     start_server: Callable[..., Server],
 ) -> None:
+    # Validation runs as the bytes arrive, so a cancel mid-stream is a cancel mid-validation.
     srv = start_server()
     org = srv.default
-    big = chat_lines(400_000, "cancelled")  # ~30 MB: validation takes a while
-    sent = threading.Event()
+    parts = list(upload_requests(chat_lines(40_000, "cancelled"), "big.jsonl", chunk=256 * 1024))
+    sent, release = threading.Event(), threading.Event()
 
     def requests() -> Iterator[files_pb2.UploadFileRequest]:
-        yield from upload_requests(big, "big.jsonl", chunk=1024 * 1024)
+        yield from parts[: len(parts) // 2]
         sent.set()
+        release.wait(30)  # the rest never comes before the cancel
 
     call = org.client.files.UploadFile.future(requests(), metadata=org.client.metadata, timeout=120)
     assert sent.wait(60)
-    time.sleep(0.3)  # the server has the last chunk and is validating
+    deadline = time.monotonic() + 30
+    while not list((srv.home / "blobs" / "tmp").glob("*.part")):
+        assert time.monotonic() < deadline, "the upload never reached the server"
+        time.sleep(0.05)
     assert call.cancel(), "the upload had finished before it could be cancelled"
+    release.set()
     deadline = time.monotonic() + 30
     while blob_entries(srv.home):
         assert time.monotonic() < deadline, blob_entries(srv.home)

@@ -143,6 +143,15 @@ class TrainArgs:
     """Recompute each decoder layer's activations in backward instead of holding them:
     about a third more compute for a fraction of the activation memory (long sequences,
     big models on small GPUs). The same losses and gradients."""
+    fused_linear_cross_entropy: bool = False
+    """Compute the supervised loss from the last hidden states and the LM head's weight,
+    a chunk of loss tokens at a time, never holding the batch's logits (float32, tokens x
+    vocabulary, with their gradient most of the activation memory of a big vocabulary):
+    Liger's fused kernel on CUDA where `liger-kernel` is installed (the `gpu` extra),
+    else torch, recomputing each chunk in backward (`trainer.linear_ce`). The same losses
+    and gradients. Method supervised only (DPO's and reinforcement's log-probabilities
+    still come from the logits), not with sharding fsdp (the head's weight is sharded),
+    and for the model types whose logits it reproduces (`linear_ce.MODEL_TYPES`)."""
     sharding: Sharding = "replicated"
     """How data-parallel ranks hold the model: "replicated" (each whole) or "fsdp" (each
     1/world of every weight, for a model that does not fit one device). Alone, the same."""
@@ -241,6 +250,17 @@ class TrainArgs:
             _is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0"
         )
         check(self.sharding in SHARDINGS, "sharding", f"must be one of {', '.join(SHARDINGS)}")
+        if self.fused_linear_cross_entropy:
+            check(
+                self.method == "supervised",
+                "fused_linear_cross_entropy",
+                f"is for method supervised; this run's method is {self.method}",
+            )
+            check(
+                self.sharding != "fsdp",
+                "fused_linear_cross_entropy",
+                "does not work with sharding fsdp (the LM head's weight is sharded)",
+            )
         check(
             _is_int(self.gradient_accumulation_steps) and self.gradient_accumulation_steps >= 1,
             "gradient_accumulation_steps",

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from trainer import batching, data, models
+from trainer import batching, data, linear_ce, models
 from trainer.args import AUTO_BETA, Hyperparameters, Refused
 from trainer.formats import Example, Format, read_examples
 
@@ -81,14 +81,18 @@ def for_run(
     name: str,
     reinforcement: dict[str, Any] | None = None,
     on_event: Callable[[str, str, dict[str, Any]], None] | None = None,
+    fused_linear_cross_entropy: bool = False,
 ) -> Method:
     """The method a run's `TrainArgs.method` names; reinforcement fine-tuning (its own
-    module, `trainer.rft`) takes its spec and reports grader errors through `on_event`."""
+    module, `trainer.rft`) takes its spec and reports grader errors through `on_event`,
+    and supervised fine-tuning the run's `fused_linear_cross_entropy`."""
     if name == "reinforcement":
         from trainer import rft
 
         return rft.Reinforcement(spec=reinforcement or {}, on_event=on_event)
-    return DPO() if name == "dpo" else Supervised()
+    if name == "dpo":
+        return DPO()
+    return Supervised(fused_linear_cross_entropy=fused_linear_cross_entropy)
 
 
 PREFERENCE_SHAPE = "preference examples (input, preferred_output, non_preferred_output)"
@@ -102,6 +106,9 @@ class Supervised:
     stats: tuple[str, ...] = ("loss", "correct")
     metric_names: tuple[str, ...] = ()
     packs: bool = True
+    fused_linear_cross_entropy: bool = False
+    """The loss from the last hidden states and the LM head's weight, never the batch's
+    logits (`TrainArgs.fused_linear_cross_entropy`)."""
 
     def load(
         self,
@@ -133,7 +140,11 @@ class Supervised:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed loss over the loss tokens, `stats`: [summed loss, correct argmax
         predictions])."""
-        loss_sum, correct = token_loss(*_logits(model, batch, bf16))
+        loss_sum, correct = (
+            _fused_token_loss(model, batch, bf16)
+            if self.fused_linear_cross_entropy
+            else token_loss(*_logits(model, batch, bf16))
+        )
         return loss_sum, torch.stack([loss_sum.detach(), correct.to(loss_sum.dtype)])
 
     def weight(self, batch: batching.Batch) -> int:
@@ -271,6 +282,32 @@ def _logits(
             **kept,
         ).logits
     return logits, batch.labels[:, width - logits.size(1) :]
+
+
+def _fused_token_loss(
+    model: torch.nn.Module, batch: batching.Batch, bf16: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_loss` of the model's logits without them: its decoder's last hidden states
+    and its head's weight go to `linear_ce`, which runs the head on the loss tokens only
+    (a finer cut than `_logits`' prompt skipping). For the model types whose logits it
+    reproduces, `linear_ce.MODEL_TYPES` (the recipe refuses others)."""
+    causal_lm: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = causal_lm.get_output_embeddings()
+    with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+        hidden = causal_lm.get_decoder()(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        # Position i predicts token i + 1.
+        return linear_ce.linear_cross_entropy(
+            hidden[:, :-1],
+            head.weight,
+            batch.labels[:, 1:],
+            bias=head.bias,
+            softcap=getattr(causal_lm.config, "final_logit_softcapping", None),
+        )
 
 
 def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,16 @@ import torch
 from peft import PeftModel, get_peft_model
 from transformers.utils import logging as transformers_logging
 
-from trainer import batching, checkpoints, lora, methods, models, sharding, template_check
+from trainer import (
+    batching,
+    checkpoints,
+    linear_ce,
+    lora,
+    methods,
+    models,
+    sharding,
+    template_check,
+)
 from trainer.args import Hyperparameters, Refused, TrainArgs
 from trainer.distributed import Ranks
 
@@ -222,13 +231,23 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
             f"{base.architecture} is not a causal language model; "
             "this recipe fine-tunes decoder models",
         )
+    if args.fused_linear_cross_entropy and base.model_type not in linear_ce.MODEL_TYPES:
+        raise Refused(
+            "invalid_base_model",
+            "fused_linear_cross_entropy",
+            f"is not available for model type {base.model_type}, whose logits it is not "
+            f"known to reproduce (it is for {', '.join(sorted(linear_ce.MODEL_TYPES))}); "
+            "train without it",
+        )
     if device.type == "cpu" and (args.cpu_threads or base.parameters < SMALL_MODEL):
         torch.set_num_threads(args.cpu_threads or 1)
     tokenizer = models.load_tokenizer(args.base_model)
     max_seq_len = min(args.max_seq_len, base.context_length or args.max_seq_len)
     # The method decides what a file encodes into (sequences; DPO's pairs) and refuses
     # data it cannot train on; the rest of the recipe is the same for every method.
-    method = methods.for_run(args.method, args.reinforcement, cb.on_event)
+    method = methods.for_run(
+        args.method, args.reinforcement, cb.on_event, args.fused_linear_cross_entropy
+    )
     train_data = method.load(
         args.train_file, tokenizer, max_seq_len, args.train_file_name, "training_file"
     )
