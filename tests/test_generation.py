@@ -3,7 +3,6 @@ loaded base, sampling controls, stop sequences and streaming."""
 
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 
@@ -235,54 +234,3 @@ def test_text_stream_never_splits_a_character(tiny: Path) -> None:
     deltas.append(stream.finish()[0])
     assert "".join(deltas) == sentence
     assert not any("\ufffd" in delta for delta in deltas)
-
-
-class _Call:
-    """The one part of a gRPC ServicerContext the worker's read-ahead uses."""
-
-    def __init__(self) -> None:
-        self.callbacks: list = []
-
-    def add_callback(self, callback) -> bool:
-        self.callbacks.append(callback)
-        return True
-
-    def end(self) -> None:
-        for callback in self.callbacks:
-            callback()
-
-
-def test_the_worker_makes_chunks_ahead_and_stops_with_its_call(
-    generator: Generator, tiny: Path, adapters: dict[str, Path]
-) -> None:
-    from trainer.worker.serve import _ahead
-
-    direct = list(generator.generate(tiny, adapters["a"], question(0), GREEDY))
-    assert list(_ahead(generator.generate(tiny, adapters["a"], question(0), GREEDY), _Call())) == (
-        direct
-    )
-    # A call that ends after one chunk (its client went away) ends the generation too: the
-    # adapter it held is free again, which the generation's own `finally` does.
-    made: list[Chunk] = []
-
-    def counted(chunks):
-        for chunk in chunks:
-            made.append(chunk)
-            yield chunk
-
-    call = _Call()
-    longest = SamplingParams(temperature=1, max_tokens=400, seed=1)
-    chunks = _ahead(counted(generator.generate(tiny, adapters["b"], "The river", longest)), call)
-    next(chunks)
-    call.end()
-    chunks.close()
-    held = generator.base(tiny).adapters
-    for _ in range(100):
-        if held[adapter_name(adapters["b"])] == 0:
-            break
-        time.sleep(0.05)
-    assert held[adapter_name(adapters["b"])] == 0
-    assert made[-1].finish_reason is None  # stopped before its end
-    # What the generation raises, the caller's thread raises.
-    with pytest.raises(InvalidPrompt, match="context is 512"):
-        list(_ahead(generator.generate(tiny, None, "word " * 600, GREEDY), _Call()))

@@ -5,10 +5,8 @@ control plane to stream through, for as long as it holds its serving lease."""
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import hmac
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -26,8 +24,6 @@ from tunewire.v1 import models_pb2, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("tunewire.worker")
 THREADS = 16
-AHEAD = 64
-"""Chunks a generation may run ahead of its stream: past them it waits for the client."""
 
 
 class InferenceServicer(worker_pb2_grpc.InferenceServiceServicer):
@@ -87,7 +83,7 @@ class InferenceServicer(worker_pb2_grpc.InferenceServiceServicer):
                 base = models.resolve_model(self.place.models_dir, request.base_model)
                 adapter = self._adapter(request.adapter) if request.adapter else None
                 chunks = self.generator.generate(base, adapter, prompt, params)
-            for chunk in _ahead(chunks, context):
+            for chunk in chunks:
                 yield models_pb2.GenerateResponse(
                     text=chunk.text,
                     finish_reason=chunk.finish_reason or "",
@@ -147,63 +143,6 @@ class InferenceServicer(worker_pb2_grpc.InferenceServiceServicer):
                 for text, result in zip(inputs, results, strict=True)
             ]
         )
-
-
-class _Raised:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_END = object()
-
-
-def _ahead(chunks: Iterator, context: grpc.ServicerContext) -> Iterator:
-    """`chunks`, made on a thread of their own while this one sends them: the sync server
-    waits for each message's write to complete before it takes the next, and that wait
-    (GIL released) now overlaps the next token's forward pass instead of adding to it.
-    Errors are raised here, as if the chunks were made here; a call that ends early (the
-    client went away) stops the making at its next chunk."""
-    made: queue.Queue = queue.Queue(AHEAD)
-    ended = threading.Event()
-    context.add_callback(ended.set)
-
-    def hand(item: object) -> bool:
-        """Queue `item` once there is room; False when the call has ended instead."""
-        while not ended.is_set():
-            with contextlib.suppress(queue.Full):
-                made.put(item, timeout=0.1)
-                return True
-        return False
-
-    def make() -> None:
-        try:
-            for chunk in chunks:
-                if not hand(chunk):
-                    return
-        except BaseException as error:  # raised to the caller, on its own thread
-            hand(_Raised(error))
-            return
-        finally:
-            chunks.close()  # on this thread, which runs the generator: frees the adapter
-        hand(_END)
-
-    # The caller's request id goes along, so the worker's log lines still name it.
-    threading.Thread(
-        target=contextvars.copy_context().run, args=(make,), name="generate", daemon=True
-    ).start()
-    try:
-        while not ended.is_set():
-            try:
-                item = made.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if item is _END:
-                return
-            if isinstance(item, _Raised):
-                raise item.error
-            yield item
-    finally:
-        ended.set()
 
 
 def start(place: Place, token: str, listen: str) -> tuple[grpc.Server, str]:
