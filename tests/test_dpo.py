@@ -588,9 +588,18 @@ def test_a_dpo_job_trains_through_grpc_and_resumes_after_a_pause(live: Stack) ->
     # The last step validated: its figures are in its metrics event, as OpenAI's are.
     assert "validation reward accuracy=1.00" in metrics[-1].message
     assert metrics[-1].data["valid_reward_margin"] > 0.5
-    checkpoints_ = org.jobs.ListCheckpoints(jobs_pb2.ListCheckpointsRequest(job_id=job.id))
-    newest = checkpoints_.checkpoints[0]
+    request = jobs_pb2.ListCheckpointsRequest(job_id=job.id, page_size=1000)
+    checkpoints_ = org.jobs.ListCheckpoints(request).checkpoints
+    newest = checkpoints_[0]
     assert newest.step == 72 and newest.metrics.valid_loss < 0.6 * LN2
+    # Marked best: each checkpoint whose validation loss was the lowest yet, across the
+    # pause (the resumed run knows the best before it).
+    lowest, marked = math.inf, []
+    for checkpoint in reversed(checkpoints_):
+        loss = checkpoint.metrics.valid_loss if checkpoint.metrics.HasField("valid_loss") else None
+        marked.append(loss is not None and loss < lowest)
+        lowest = min(lowest, loss if loss is not None else math.inf)
+    assert [c.best for c in reversed(checkpoints_)] == marked and any(marked)
 
 
 def test_the_openai_sdk_runs_a_dpo_fine_tune(live: Stack) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -350,6 +351,9 @@ def test_keeps_last_k_checkpoints_and_the_best(
     kept = [path.name for path in checkpoints.list_checkpoints(tmp_path / "checkpoints")]
     best = min(recorder.checkpoints, key=lambda values: values["metrics"]["valid_loss"])
     assert result.best_checkpoint == best["path"]
+    losses = [values["metrics"]["valid_loss"] for values in recorder.checkpoints]
+    lowest_yet = [loss < min(losses[:i], default=math.inf) for i, loss in enumerate(losses)]
+    assert [values["best"] for values in recorder.checkpoints] == lowest_yet
     assert kept == sorted({best["path"].name, "step-000007", "step-000008"})
     assert checkpoints.latest_checkpoint(tmp_path / "checkpoints") == tmp_path / "checkpoints" / (
         "step-000008"

@@ -298,12 +298,7 @@ def run(args: TrainArgs, cb: Callbacks) -> TrainResult:
         }
 
     def save_checkpoint() -> Path:
-        if "valid_loss" in progress.metrics and (
-            progress.best_metrics is None
-            or progress.metrics["valid_loss"] < progress.best_metrics["valid_loss"]
-        ):
-            progress.best_checkpoint_step = progress.step
-            progress.best_metrics = dict(progress.metrics)
+        is_best = progress.checkpointed()
         path = checkpoints.save_checkpoint(
             checkpoint_root, progress.step, model, optimizer, scheduler, trainer_state(), metadata
         )
@@ -315,6 +310,7 @@ def run(args: TrainArgs, cb: Callbacks) -> TrainResult:
             epoch=progress.step / steps_per_epoch,
             path=path,
             metrics=dict(progress.metrics),
+            best=is_best,
         )
         return path
 

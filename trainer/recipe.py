@@ -109,7 +109,7 @@ class ValidationCallback(Protocol):
 
 class CheckpointCallback(Protocol):
     def __call__(
-        self, *, step: int, epoch: float, path: Path, metrics: dict[str, float]
+        self, *, step: int, epoch: float, path: Path, metrics: dict[str, float], best: bool
     ) -> None: ...
 
 
@@ -145,7 +145,8 @@ class Callbacks:
     step's on_metrics; a method's own metrics as more keywords (DPO's
     valid_reward_accuracy, ...)."""
     on_checkpoint: CheckpointCallback = _ignore
-    """After a checkpoint directory is complete and in place (keyword arguments)."""
+    """After a checkpoint directory is complete and in place (keyword arguments); `best`
+    when its validation loss is the lowest of the run's checkpoints so far."""
     control: Callable[[], Command] = _keep_going
     """Polled once before every optimizer step: "continue"; "cancel" stops at once
     (status cancelled, nothing written); "pause" writes a checkpoint and returns status
@@ -188,6 +189,17 @@ class _Progress:
     evaluations_without_improvement: int = 0
     best_checkpoint_step: int | None = None
     best_metrics: dict[str, float] | None = None
+
+    def checkpointed(self) -> bool:
+        """Record a checkpoint at this step: the best so far when its validation loss is
+        the lowest of any checkpoint's. Whether it is."""
+        loss = self.metrics.get("valid_loss")
+        if loss is not None and (
+            self.best_metrics is None or loss < self.best_metrics["valid_loss"]
+        ):
+            self.best_checkpoint_step = self.step
+            self.best_metrics = dict(self.metrics)
+        return self.best_checkpoint_step == self.step
 
 
 def train(args: TrainArgs, callbacks: Callbacks | None = None) -> TrainResult:
@@ -393,12 +405,7 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
 
     def save_checkpoint() -> Path:
         # Best first, so the checkpoint's own state knows whether it is the best.
-        if "valid_loss" in progress.metrics and (
-            progress.best_metrics is None
-            or progress.metrics["valid_loss"] < progress.best_metrics["valid_loss"]
-        ):
-            progress.best_checkpoint_step = progress.step
-            progress.best_metrics = dict(progress.metrics)
+        is_best = progress.checkpointed()
         path = checkpoints.save_checkpoint(
             checkpoint_root, progress.step, model, optimizer, scheduler, trainer_state()
         )
@@ -410,6 +417,7 @@ def _train(args: TrainArgs, cb: Callbacks) -> TrainResult:
             epoch=progress.step / steps_per_epoch,
             path=path,
             metrics=dict(progress.metrics),
+            best=is_best,
         )
         return path
 

@@ -175,7 +175,9 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
     def on_event(level: str, message: str, data: dict[str, Any]) -> None:
         lease.event(message, data, level=level, key=f"event:{message}")
 
-    def on_checkpoint(*, step: int, epoch: float, path: Path, metrics: dict[str, float]):
+    def on_checkpoint(
+        *, step: int, epoch: float, path: Path, metrics: dict[str, float], best: bool
+    ):
         # The whole checkpoint, for resuming on any worker; its adapter, for the model
         # store, which keeps every registered checkpoint's adapter for good.
         key = f"{work.checkpoint_prefix}/{path.name}"
@@ -193,6 +195,7 @@ def run(lease: Lease, work: worker_pb2.TrainWork, place: Place) -> None:
             ),
             adapter=adapter,
             adapter_artifacts=files,
+            best=best,
         )
         track.checkpoint(step, metrics)
         _prune(blobs, work.checkpoint_prefix, path.parent)
