@@ -243,7 +243,8 @@ def _finish(
     section.command = _command(options, [section.name])
     section.quick = options.quick
     section.threads = options.threads
-    section.repeats = repeats if repeats is not None else options.repeats
+    # A section that sets its own (rounds of seeds) keeps them.
+    section.repeats = section.repeats or (repeats if repeats is not None else options.repeats)
     section.seconds = time.monotonic() - started
     section.finished = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     if not section.machine:

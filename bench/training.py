@@ -157,7 +157,9 @@ def run(ctx: Context) -> Section:
             warmup=0,
             log=say,
         )
-    return _section(ctx, config, shape, n_train, samples)
+    section = _section(ctx, config, shape, n_train, samples)
+    section.repeats = len(samples["tunewire"])  # its seeds' rounds, not the default repeats
+    return section
 
 
 def _section(
