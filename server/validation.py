@@ -12,17 +12,19 @@ so it is the same whatever base model the file is later trained on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+import os
+import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, BinaryIO, Literal
 
 import msgspec
 
+from server.forks import Forks
 from trainer.formats import Example, Format, Problem, is_plain_text, parse_record
 from trainer.labels import LABELLED, LabelStat, LabelTally
 
@@ -136,131 +138,101 @@ class Cancelled(Exception):
     """The upload being validated ended without its last chunk."""
 
 
-class _Pipe:
-    """Bytes handed from the event loop to the validating thread, read as a file is: at
-    most `limit` bytes (plus the chunk being put) are held, so validation that falls behind
-    slows the upload down instead of filling memory."""
-
-    def __init__(self, limit: int, sink: Callable[[bytes], None] | None = None) -> None:
-        self._limit = limit
-        self._sink = sink
-        self._chunks: deque[bytes] = deque()
-        self._held = 0
-        self._ended = False
-        self._aborted = False
-        self._changed = threading.Condition()
-        self._room: asyncio.Event | None = None  # set (thread-safely) when there is room
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def put(self, data: bytes) -> None:
-        """Hand `data` on; waits, without blocking the event loop, while the pipe is full."""
-        while True:
-            with self._changed:
-                if self._ended:  # the reader is gone (it failed): nothing is read any more
-                    return
-                if self._held < self._limit:
-                    self._chunks.append(data)
-                    self._held += len(data)
-                    self._changed.notify()
-                    return
-                self._loop = asyncio.get_running_loop()
-                self._room = room = asyncio.Event()
-            await room.wait()
-
-    def end(self, aborted: bool = False) -> None:
-        """No more chunks (`aborted`: and none of them matter any more)."""
-        with self._changed:
-            self._ended = True
-            self._aborted = self._aborted or aborted
-            self._changed.notify()
-            self._wake()
-
-    def _wake(self) -> None:
-        if self._room is not None:
-            self._loop.call_soon_threadsafe(self._room.set)  # type: ignore[union-attr]
-            self._room = None
-
-    def read(self, size: int) -> bytes:
-        """Exactly `size` bytes, fewer only at the end: the blocks a file read gives, so
-        validation finds exactly what it finds in the stored file."""
-        with self._changed:
-            while self._held < size and not self._ended:
-                self._changed.wait()
-            if self._aborted:
-                raise Cancelled
-            taken: list[bytes] = []
-            want = size
-            while want and self._chunks:
-                chunk = self._chunks.popleft()
-                if len(chunk) > want:
-                    chunk, rest = chunk[:want], chunk[want:]
-                    self._chunks.appendleft(rest)
-                taken.append(chunk)
-                want -= len(chunk)
-            self._held -= size - want
-            if self._held < self._limit:
-                self._wake()
-        block = b"".join(taken)
-        if self._sink is not None and block:
-            self._sink(block)
-        return block
-
-    def __enter__(self) -> _Pipe:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        return None
+_PROCESSES = Forks(f"{__name__}:_validate_piped")
 
 
 class StreamValidation:
     """`validate_file` run on an upload while it arrives: `feed` each chunk (in order) from
-    the event loop, then `report()`. A thread of its own reads the chunks in the same
-    blocks a file read gives and runs the same one pass, so the report is the stored
-    file's, and it is ready as soon as the last chunk is in: validation overlaps the
-    transfer instead of following it. At most `buffer_bytes` wait for the thread.
+    the event loop, then `report()`. The report is the stored file's, and it is ready as
+    soon as the last chunk is in: validation overlaps the transfer instead of following it.
 
-    `sink`, when given, is called in the thread with every block read, in order (every
-    byte fed, once): the upload's blob writer, so that the event loop's thread, which
-    receives the chunks, never waits for the validating thread to hand back the GIL after
-    each write and hash (which release it) but only once per chunk."""
+    The pass runs in a process of its own (`server.forks`), which reads the chunks from a
+    pipe in the blocks a file read gives. It is CPU work under a GIL: in the control
+    plane's process it would take turns with the event loop receiving the upload, where
+    in its own it runs beside it. The event loop only writes each chunk into the pipe,
+    which holds a block: an upload waits (without blocking the loop) only while the
+    process is a block behind, and holds no more than that in memory."""
 
-    def __init__(
-        self,
-        filename: str,
-        *,
-        max_line_bytes: int = MAX_LINE_BYTES,
-        buffer_bytes: int = 8 << 20,
-        sink: Callable[[bytes], None] | None = None,
-    ) -> None:
-        self._pipe = _Pipe(max(buffer_bytes, _BLOCK_SIZE), sink)  # a read takes a whole block
-        self._result: Future[Report] = Future()
-        # A thread of its own, not the shared pool: it waits on its client for as long as
-        # the upload lasts, which must never starve other work of the pool's threads.
-        threading.Thread(
-            target=self._run, args=(filename, max_line_bytes), name="validation", daemon=True
-        ).start()
+    def __init__(self, filename: str, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self._filename = filename
+        self._max_line_bytes = max_line_bytes
+        self._sink: int | None = None  # the pipe's end the chunks go into
+        self._result: int | None = None  # and the one the process's report comes back on
+        self._cancelled = False
 
-    def _run(self, filename: str, max_line_bytes: int) -> None:
+    def _start(self) -> int:
+        source, self._sink = os.pipe()
+        self._result, result = os.pipe()
         try:
-            report = validate_file(self._pipe, filename=filename, max_line_bytes=max_line_bytes)
-        except BaseException as error:  # Cancelled among them: handed to whoever waits
-            self._pipe.end(aborted=True)  # so that `feed` never waits for this thread again
-            self._result.set_exception(error)
-        else:
-            self._result.set_result(report)
+            _PROCESSES.run([source, result], self._filename, self._max_line_bytes)
+        finally:
+            os.close(source)
+            os.close(result)
+        os.set_blocking(self._sink, False)
+        with contextlib.suppress(OSError):  # 64 KiB unless asked: a ping-pong of pages
+            fcntl.fcntl(self._sink, fcntl.F_SETPIPE_SZ, _BLOCK_SIZE)
+        return self._sink
 
     async def feed(self, chunk: bytes) -> None:
-        if chunk:
-            await self._pipe.put(chunk)
+        if self._cancelled:
+            return
+        sink = self._start() if self._sink is None else self._sink
+        rest = memoryview(chunk)
+        while rest:
+            try:
+                rest = rest[os.write(sink, rest) :]
+            except BlockingIOError:
+                await _writable(sink)
 
     async def report(self) -> Report:
-        """The report, once the thread has read the last chunk."""
-        self._pipe.end()
-        return await asyncio.wrap_future(self._result)
+        """The report, once the last chunk is read and validated."""
+        if self._cancelled:
+            raise Cancelled
+        if self._sink is None:
+            self._start()
+        os.close(self._sink)  # type: ignore[arg-type]  # the end of the file, for the process
+        self._sink = None
+        with open(self._result, "rb") as result:  # type: ignore[arg-type]
+            self._result = None
+            outcome = await asyncio.to_thread(result.read)
+        if not outcome:
+            raise RuntimeError("the validation process ended without a report")
+        report = pickle.loads(outcome)
+        if isinstance(report, BaseException):
+            raise report
+        return report
 
     def cancel(self) -> None:
-        """The upload failed: the thread stops at its next read."""
-        self._pipe.end(aborted=True)
+        """The upload failed: its process reads the end of its pipe and is gone."""
+        self._cancelled = True
+        for fd in (self._sink, self._result):
+            if fd is not None:
+                os.close(fd)
+        self._sink = self._result = None
+
+
+async def _writable(fd: int) -> None:
+    """Until the pipe `fd` has room again."""
+    loop = asyncio.get_running_loop()
+    room = loop.create_future()
+    loop.add_writer(fd, room.set_result, None)
+    try:
+        await room
+    finally:
+        loop.remove_writer(fd)
+
+
+def _validate_piped(source: int, result: int, filename: str, max_line_bytes: int) -> None:
+    """In a validation process: `validate_file` of what the pipe `source` gives up to its
+    end; the report (or what was raised) goes back, pickled, down the pipe `result`."""
+    try:
+        outcome: Report | BaseException = validate_file(
+            open(source, "rb"), filename=filename, max_line_bytes=max_line_bytes
+        )
+    except Exception as error:  # noqa: BLE001 - raised again where the upload waits
+        outcome = error
+    with contextlib.suppress(BrokenPipeError), open(result, "wb") as out:
+        pickle.dump(outcome, out)
 
 
 def describe(line: int, path: str, message: str) -> str:

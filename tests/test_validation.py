@@ -291,7 +291,7 @@ def test_validation_while_streaming_finds_what_the_stored_file_has(tmp_path: Pat
     assert expected.problem_count == 5
 
     async def streamed(sizes: list[int]) -> Report:
-        validation = StreamValidation("train.jsonl", max_line_bytes=cap, buffer_bytes=1)
+        validation = StreamValidation("train.jsonl", max_line_bytes=cap)
         start = 0
         for size in sizes:
             await validation.feed(data[start : start + size])
@@ -315,3 +315,26 @@ def test_validation_while_streaming_finds_what_the_stored_file_has(tmp_path: Pat
             raise AssertionError("a cancelled validation reported")
 
     asyncio.run(cancelled())
+
+
+def test_streaming_validation_runs_in_a_process_of_its_own_that_comes_back() -> None:
+    """Off the control plane's GIL: forked by a helper process (server.forks), which a
+    kill only replaces, and the report still comes back."""
+    import asyncio
+
+    from server import validation
+
+    data = (CHAT_LINE + "\n").encode() * 20
+
+    async def validate() -> Report:
+        streamed = validation.StreamValidation("train.jsonl")
+        await streamed.feed(data)
+        return await streamed.report()
+
+    assert asyncio.run(validate()).examples == 20
+    helper = validation._PROCESSES._helper
+    assert helper is not None and helper.poll() is None
+    helper.kill()
+    helper.wait()
+    assert asyncio.run(validate()).examples == 20
+    assert validation._PROCESSES._helper.pid != helper.pid

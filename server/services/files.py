@@ -65,23 +65,17 @@ class Intake:
         self.file_id = new_id("file")
         self.size = 0  # bytes received
         self.writer: BlobWriter = plane.blobs.writer(f"files/{self.file_id}")
-        # A fine-tune file's bytes are written by the validating thread as it reads them.
         self.validation = (
-            StreamValidation(
-                meta.filename,
-                max_line_bytes=plane.settings.max_line_bytes,
-                sink=self.writer.write,
-            )
+            StreamValidation(meta.filename, max_line_bytes=plane.settings.max_line_bytes)
             if meta.purpose == File.PURPOSE_FINE_TUNE
             else None
         )
 
     async def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
+        self.writer.write(chunk)
         if self.validation is not None:
             await self.validation.feed(chunk)
-        else:
-            self.writer.write(chunk)
 
     async def finish(self) -> File:
         """Wait for the report and make the blob visible; returns the file's record, not
