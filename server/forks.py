@@ -68,24 +68,19 @@ class Forks:
     def _end(self) -> None:
         """At exit: the helper sees its socket close, and goes."""
         with self._lock:
-            if self._socket is not None:
-                self._socket.close()
-                self._socket = None
-            if self._helper is not None:
-                try:
-                    self._helper.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self._helper.kill()
-                    self._helper.wait()
-                self._helper = None
+            self._stop(grace=5)
 
-    def _stop(self) -> None:
+    def _stop(self, grace: float = 0) -> None:
+        """Close the socket, and kill the helper unless it goes within `grace` seconds."""
         if self._socket is not None:
             self._socket.close()
             self._socket = None
         if self._helper is not None:
-            self._helper.kill()
-            self._helper.wait()
+            try:
+                self._helper.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self._helper.kill()
+                self._helper.wait()
             self._helper = None
 
 

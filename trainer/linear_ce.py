@@ -130,11 +130,6 @@ def _chunk(
     return loss, (logits.argmax(dim=-1) == targets).sum()
 
 
-def uses_liger(device: torch.device) -> bool:
-    """Whether `linear_cross_entropy` runs Liger's kernel on `device`."""
-    return device.type == "cuda" and _liger() is not None
-
-
 @functools.cache
 def _liger() -> Callable[..., Any] | None:
     try:  # the `gpu` extra: Triton kernels, CUDA only
