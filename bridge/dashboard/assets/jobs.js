@@ -525,6 +525,12 @@ export async function jobView(page, jobId) {
     );
     while (log.childElementCount > LOG_TAIL) log.firstElementChild.remove();
     if (atBottom) logBox.scrollTop = logBox.scrollHeight;
+    if (event.type === "TYPE_STATE" && d.state) {
+      // The event names the new state: the badge and the buttons follow it at once (a
+      // job that just started can be paused now), the rest with the refresh.
+      job = { ...job, state: `STATE_${String(d.state).toUpperCase()}` };
+      show();
+    }
     if (event.type === "TYPE_STATE" || /checkpoint|plan/i.test(event.message)) refreshSoon();
   };
   const feed = new EventFeed(job.id, {
