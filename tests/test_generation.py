@@ -17,6 +17,7 @@ from trainer.generation import (
     SamplingParams,
     _TextStream,
     adapter_name,
+    coalesced,
 )
 
 GREEDY = SamplingParams(temperature=0, max_tokens=32)
@@ -180,6 +181,29 @@ def test_text_streams_in_pieces_and_max_tokens_ends_with_length(
     tokenizer = models.load_tokenizer(tiny)
     # A raw prompt is BOS + its tokens, as prompt/completion training data is.
     assert chunks[-1].usage.prompt_tokens == 1 + len(tokenizer("Once upon a time").input_ids)
+
+
+def test_a_coalesced_stream_sends_the_first_text_at_once_then_at_most_every_interval(
+    generator: Generator, tiny: Path
+) -> None:
+    params = SamplingParams(temperature=0, max_tokens=12)
+    chunks = list(generator.generate(tiny, None, "Once upon a time", params))
+    assert len(chunks) > 4
+    # Piece i arrives at time i: with an interval of 2.5 the text goes at 0, 3, 6, ...
+    ticks = iter(range(len(chunks)))
+    sent = list(coalesced(iter(chunks), 2.5, clock=lambda: next(ticks)))
+    pieces = [c.text for c in chunks[:-1]]
+    expected = [pieces[0]] + ["".join(pieces[i : i + 3]) for i in range(1, len(pieces), 3)]
+    if len(pieces) % 3 == 1:  # nothing was held: the last chunk is sent as it came
+        expected.append(chunks[-1].text)
+    else:  # the last chunk brings what was still held
+        expected[-1] += chunks[-1].text
+    assert [c.text for c in sent] == expected
+    assert [c.finish_reason for c in sent] == [None] * (len(sent) - 1) + ["length"]
+    assert sent[-1].usage == chunks[-1].usage
+    # An interval no stream reaches: the first text, then the rest with the end.
+    whole = list(coalesced(iter(chunks), 1e9))
+    assert [c.text for c in whole] == [pieces[0], "".join(pieces[1:]) + chunks[-1].text]
 
 
 def test_stop_sequences_end_generation_before_them(

@@ -158,7 +158,7 @@ def test_generate_streams_the_trained_answers_and_the_base_does_not(org: Org, mo
     for i in range(0, len(QUESTIONS), 3):
         replies = ask(org, model, i)
         assert text(replies) == ANSWERS["a"][i]
-        assert len(replies) > 2  # streamed, not one message
+        assert len(replies) >= 2  # streamed: the first text at once, not all in one message
         last = replies[-1]
         assert last.finish_reason == "stop" and last.usage.completion_tokens > 0
         assert all(not r.finish_reason and not r.HasField("usage") for r in replies[:-1])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,28 @@ class Chunk:
     text: str
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+
+
+def coalesced(
+    chunks: Iterator[Chunk], every: float, clock: Callable[[], float] = time.monotonic
+) -> Iterator[Chunk]:
+    """The same stream in fewer, longer chunks: the first text at once, then what came
+    since at most every `every` seconds (with the next token after the interval), and
+    the last chunk with whatever is still held. A stream sent over the network pays a
+    send and a wake-up per chunk on the thread that generates; per token that was 8% of
+    a small model's CPU time in the inference worker, where an interval of 20 ms is below
+    what anyone reading the text can see."""
+    held: list[str] = []
+    due = float("-inf")
+    for chunk in chunks:
+        if chunk.finish_reason is not None:
+            yield Chunk("".join([*held, chunk.text]), chunk.finish_reason, chunk.usage)
+            return
+        held.append(chunk.text)
+        if (now := clock()) >= due:
+            yield Chunk("".join(held))
+            held.clear()
+            due = now + every
 
 
 class InvalidPrompt(ValueError):

@@ -17,13 +17,15 @@ import grpc
 
 from server import request_ids
 from trainer import classifier, models
-from trainer.generation import Generator, InvalidPrompt, SamplingParams
+from trainer.generation import Generator, InvalidPrompt, SamplingParams, coalesced
 from trainer.worker.lease import Lease
 from trainer.worker.train import Place
 from tunewire.v1 import models_pb2, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("tunewire.worker")
 THREADS = 16
+STREAM_INTERVAL = 0.02
+"""Generated text goes to the control plane at most this often (see `coalesced`)."""
 
 
 class InferenceServicer(worker_pb2_grpc.InferenceServiceServicer):
@@ -83,7 +85,7 @@ class InferenceServicer(worker_pb2_grpc.InferenceServiceServicer):
                 base = models.resolve_model(self.place.models_dir, request.base_model)
                 adapter = self._adapter(request.adapter) if request.adapter else None
                 chunks = self.generator.generate(base, adapter, prompt, params)
-            for chunk in chunks:
+            for chunk in coalesced(chunks, STREAM_INTERVAL):
                 yield models_pb2.GenerateResponse(
                     text=chunk.text,
                     finish_reason=chunk.finish_reason or "",
