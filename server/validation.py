@@ -146,51 +146,63 @@ class StreamValidation:
     the event loop, then `report()`. The report is the stored file's, and it is ready as
     soon as the last chunk is in: validation overlaps the transfer instead of following it.
 
-    The pass runs in a process of its own (`server.forks`), which reads the chunks from a
-    pipe in the blocks a file read gives. It is CPU work under a GIL: in the control
-    plane's process it would take turns with the event loop receiving the upload, where
-    in its own it runs beside it. The event loop only writes each chunk into the pipe,
-    which holds a block: an upload waits (without blocking the loop) only while the
-    process is a block behind, and holds no more than that in memory."""
+    The pass runs in a process of its own (`server.forks`). It is CPU work under a GIL: in
+    the control plane's process it would take turns with the event loop receiving the
+    upload, where in its own it runs beside it. Given `written`, a descriptor of the file
+    the chunks are being written to (the blob's, in a local store), the process reads them
+    there, and the event loop only tells it, down a pipe, how far the file goes: no copy,
+    and the upload never waits for validation, which catches up from the page cache.
+    Otherwise the chunks themselves go down the pipe, which holds a block: an upload then
+    waits (without blocking the loop) while the process is a block behind, and holds no
+    more than that in memory."""
 
-    def __init__(self, filename: str, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+    def __init__(
+        self, filename: str, *, written: int | None = None, max_line_bytes: int = MAX_LINE_BYTES
+    ) -> None:
         self._filename = filename
+        self._written = written
         self._max_line_bytes = max_line_bytes
-        self._sink: int | None = None  # the pipe's end the chunks go into
+        self._sink: int | None = None  # the pipe's end the chunks (or lengths) go into
         self._result: int | None = None  # and the one the process's report comes back on
+        self._length = 0  # bytes fed
         self._cancelled = False
 
     def _start(self) -> int:
         source, self._sink = os.pipe()
         self._result, result = os.pipe()
+        fds = [source, result] if self._written is None else [source, result, self._written]
         try:
-            _PROCESSES.run([source, result], self._filename, self._max_line_bytes)
+            _PROCESSES.run(fds, self._filename, self._max_line_bytes)
         finally:
             os.close(source)
             os.close(result)
         os.set_blocking(self._sink, False)
-        with contextlib.suppress(OSError):  # 64 KiB unless asked: a ping-pong of pages
-            fcntl.fcntl(self._sink, fcntl.F_SETPIPE_SZ, _BLOCK_SIZE)
+        if self._written is None:
+            with contextlib.suppress(OSError):  # 64 KiB unless asked: a ping-pong of pages
+                fcntl.fcntl(self._sink, fcntl.F_SETPIPE_SZ, _BLOCK_SIZE)
         return self._sink
 
     async def feed(self, chunk: bytes) -> None:
         if self._cancelled:
             return
         sink = self._start() if self._sink is None else self._sink
-        rest = memoryview(chunk)
-        while rest:
-            try:
-                rest = rest[os.write(sink, rest) :]
-            except BlockingIOError:
-                await _writable(sink)
+        self._length += len(chunk)
+        if self._written is None:
+            await _write(sink, chunk)
+            return
+        # The pipe is full only while the process is thousands of lengths behind, and the
+        # next length (or the last, which `report` sends) says all this one would have.
+        with contextlib.suppress(BlockingIOError):
+            os.write(sink, _length_bytes(self._length))
 
     async def report(self) -> Report:
         """The report, once the last chunk is read and validated."""
         if self._cancelled:
             raise Cancelled
-        if self._sink is None:
-            self._start()
-        os.close(self._sink)  # type: ignore[arg-type]  # the end of the file, for the process
+        sink = self._start() if self._sink is None else self._sink
+        if self._written is not None:
+            await _write(sink, _length_bytes(self._length))
+        os.close(sink)  # the end of the file, for the process
         self._sink = None
         with open(self._result, "rb") as result:  # type: ignore[arg-type]
             self._result = None
@@ -211,6 +223,23 @@ class StreamValidation:
         self._sink = self._result = None
 
 
+_LENGTH = 8  # bytes of a length down the pipe: less than PIPE_BUF, so written whole
+
+
+def _length_bytes(length: int) -> bytes:
+    return length.to_bytes(_LENGTH, "little")
+
+
+async def _write(fd: int, data: bytes) -> None:
+    """All of `data` into the non-blocking pipe `fd`, waiting for room without blocking."""
+    rest = memoryview(data)
+    while rest:
+        try:
+            rest = rest[os.write(fd, rest) :]
+        except BlockingIOError:
+            await _writable(fd)
+
+
 async def _writable(fd: int) -> None:
     """Until the pipe `fd` has room again."""
     loop = asyncio.get_running_loop()
@@ -222,12 +251,49 @@ async def _writable(fd: int) -> None:
         loop.remove_writer(fd)
 
 
-def _validate_piped(source: int, result: int, filename: str, max_line_bytes: int) -> None:
-    """In a validation process: `validate_file` of what the pipe `source` gives up to its
-    end; the report (or what was raised) goes back, pickled, down the pipe `result`."""
+class _Growing:
+    """A file another process is writing, read to the length it last said (each length
+    down the pipe `lengths`) and ended where the pipe ends. `read` waits in the pipe's
+    read while it is caught up, so it never spins."""
+
+    def __init__(self, file: int, lengths: int) -> None:
+        self._file = file
+        self._lengths = lengths
+        self._position = 0
+        self._known = 0
+        self._ended = False
+
+    def read(self, size: int) -> bytes:
+        while self._position >= self._known and not self._ended:
+            said = os.read(self._lengths, 512 * _LENGTH)  # whole lengths: each written whole
+            if said:
+                self._known = int.from_bytes(said[-_LENGTH:], "little")
+            else:
+                self._ended = True
+        size = min(size, self._known - self._position)
+        data = os.pread(self._file, size, self._position) if size > 0 else b""
+        self._position += len(data)
+        return data
+
+    def __enter__(self) -> _Growing:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        os.close(self._file)
+        os.close(self._lengths)
+
+
+def _validate_piped(fds: list[int], filename: str, max_line_bytes: int) -> None:
+    """In a validation process: `validate_file` of what the pipe `fds[0]` gives up to its
+    end, or, given a file `fds[2]`, of that file to the lengths the pipe gives. The report
+    (or what was raised) goes back, pickled, down the pipe `fds[1]`."""
+    source, result, *written = fds
+    stream = open(source, "rb") if not written else _Growing(written[0], source)
     try:
         outcome: Report | BaseException = validate_file(
-            open(source, "rb"), filename=filename, max_line_bytes=max_line_bytes
+            stream,  # type: ignore[arg-type]
+            filename=filename,
+            max_line_bytes=max_line_bytes,
         )
     except Exception as error:  # noqa: BLE001 - raised again where the upload waits
         outcome = error

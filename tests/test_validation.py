@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from server.validation import Report, validate_file
 from trainer.formats import Format, read_examples
@@ -266,14 +269,37 @@ def test_large_file_in_one_pass(tmp_path: Path) -> None:
     assert sum(1 for _ in read_examples(path)) == validate_file(path).examples == 49_999
 
 
-def test_validation_while_streaming_finds_what_the_stored_file_has(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["the chunks", "the file written"])
+def test_validation_while_streaming_finds_what_the_stored_file_has(
+    tmp_path: Path, source: str
+) -> None:
     """StreamValidation, fed an upload's chunks as they come (of any size, split anywhere,
     a BOM's bytes and a multi-byte character included), reports exactly what validate_file
-    finds in the stored file: problems, messages, lines and byte offsets."""
+    finds in the stored file: problems, messages, lines and byte offsets. It reads either
+    the chunks themselves (a remote blob store) or the file they are written to (a local
+    one), a chunk's bytes in it before the chunk is fed."""
     import asyncio
+    import contextlib
+    import os
     import random
 
     from server.validation import StreamValidation
+
+    @contextlib.contextmanager
+    def upload(name: str) -> Iterator[tuple[StreamValidation, Callable[[bytes], None]]]:
+        if source == "the chunks":
+            yield StreamValidation("train.jsonl", max_line_bytes=cap), lambda chunk: None
+            return
+        path = tmp_path / name
+        with open(path, "wb", buffering=0) as out:
+            reader = os.open(path, os.O_RDONLY)
+            try:
+                yield (
+                    StreamValidation("train.jsonl", written=reader, max_line_bytes=cap),
+                    out.write,
+                )
+            finally:
+                os.close(reader)
 
     cap = 1 << 20
     lines: list[str | bytes] = [
@@ -291,22 +317,24 @@ def test_validation_while_streaming_finds_what_the_stored_file_has(tmp_path: Pat
     assert expected.problem_count == 5
 
     async def streamed(sizes: list[int]) -> Report:
-        validation = StreamValidation("train.jsonl", max_line_bytes=cap)
-        start = 0
-        for size in sizes:
-            await validation.feed(data[start : start + size])
-            start += size
-        await validation.feed(data[start:])
-        return await validation.report()
+        with upload("streamed.part") as (validation, write):
+            start = 0
+            for size in [*sizes, len(data)]:
+                chunk = data[start : start + size]
+                write(chunk)
+                await validation.feed(chunk)
+                start += len(chunk)
+            return await validation.report()
 
     rng = random.Random(7)
     for sizes in ([1, 1, 1, 5], [rng.randint(1, 300_000) for _ in range(40)], [len(data)]):
         assert asyncio.run(streamed(sizes)) == expected
 
     async def cancelled() -> None:
-        validation = StreamValidation("train.jsonl")
-        await validation.feed(data[:1000])
-        validation.cancel()
+        with upload("cancelled.part") as (validation, write):
+            write(data[:1000])
+            await validation.feed(data[:1000])
+            validation.cancel()
         try:
             await validation.report()
         except Exception as error:

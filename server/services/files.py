@@ -66,7 +66,11 @@ class Intake:
         self.size = 0  # bytes received
         self.writer: BlobWriter = plane.blobs.writer(f"files/{self.file_id}")
         self.validation = (
-            StreamValidation(meta.filename, max_line_bytes=plane.settings.max_line_bytes)
+            StreamValidation(
+                meta.filename,
+                written=self.writer.reader(),
+                max_line_bytes=plane.settings.max_line_bytes,
+            )
             if meta.purpose == File.PURPOSE_FINE_TUNE
             else None
         )
