@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import Job, Org, Server, chat_lines, fails, launch, upload_requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from server.validation import validate_file
@@ -201,6 +201,59 @@ def test_the_chat_fast_path_accepts_only_what_the_full_path_accepts(lines: list[
         for fmt in (None, Format.CHAT):
             example, problems = parse_record(record, number, fmt)
             assert example is not None and example.format is Format.CHAT, (raw, problems)
+        full += _trained_chars(example)
+    assert chars == full
+
+
+valid_chat_line = st.tuples(text.filter(bool), text.filter(bool)).map(
+    lambda qa: json.dumps(
+        {"messages": [{"role": "user", "content": qa[0]}, {"role": "assistant", "content": qa[1]}]}
+    ).encode()
+)
+
+
+@st.composite
+def chat_lines_joined(draw: st.DrawFn) -> tuple[bytes, str]:
+    """Valid chat records one per line, but for at most one defect: a record only nearly
+    valid, or what only looks like one line per record (a blank, padded or CRLF line, a
+    record split over two lines, two records on one line)."""
+    lines = draw(st.lists(valid_chat_line, min_size=1, max_size=6))
+    separators = [b"\n"] * len(lines)
+    at = draw(st.integers(0, len(lines) - 1))
+    defect = draw(st.sampled_from(["none", "near", "separator", "split"]))
+    if defect == "near":
+        lines[at] = draw(near_chat_line())
+    elif defect == "separator":
+        separators[at] = draw(st.sampled_from([b"\r\n", b"\n\n", b" \n", b"\n ", b" "]))
+    elif defect == "split":
+        lines[at] = lines[at].replace(b", ", b",\n", 1)
+    joined = b"".join(line + separator for line, separator in zip(lines, separators, strict=True))
+    return joined if joined.endswith(b"\n") else joined + b"\n", defect
+
+
+@given(chat_lines_joined())
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_a_block_of_chats_is_accepted_whole_only_as_the_full_path_accepts_each_line(
+    drawn: tuple[bytes, str],
+) -> None:
+    from server.validation import _Body, _trained_chars
+    from trainer.formats import Format, parse_record
+
+    joined, defect = drawn
+    raw = b"the line before\n" + joined + b"the next block's"
+    body = _Body(raw, raw.index(b"\n") + 1, raw.rindex(b"\n") + 1, 8 << 20)
+    whole = body.plain_chats()
+    event("accepted whole" if whole else "declined")
+    if whole is None:
+        assert defect != "none"  # it may decline a block only for what is wrong in it
+        return
+    count, chars = whole
+    lines = joined[:-1].split(b"\n")
+    assert count == len(lines)
+    full = 0
+    for number, line in enumerate(lines, 1):
+        example, problems = parse_record(json.loads(line.decode()), number, Format.CHAT)
+        assert example is not None and example.format is Format.CHAT, (line, problems)
         full += _trained_chars(example)
     assert chars == full
 
