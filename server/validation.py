@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Annotated, BinaryIO, Literal
 
 import msgspec
+import numpy as np
 
 from server.forks import Forks
 from trainer.formats import Example, Format, Problem, is_plain_text, parse_record
@@ -355,8 +356,6 @@ class _Body:
         a "{", so each value ends at the end of its line; then as many values as lines
         means one each. A blank, padded or CRLF line fails the check: the line path
         takes the block."""
-        import numpy as np  # here: the control plane imports this module for less
-
         if self.cap < len(self.raw):
             return None  # a line may be past the cap
         data = np.frombuffer(self.raw, np.uint8)
