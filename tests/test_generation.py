@@ -170,11 +170,17 @@ def test_loading_an_adapter_warns_nothing(tiny: Path, adapters: dict[str, Path])
     assert said == ANSWERS["a"][0]
 
 
-def test_text_streams_in_pieces_and_max_tokens_ends_with_length(
-    generator: Generator, tiny: Path
-) -> None:
+@pytest.fixture(scope="module")
+def story(generator: Generator, tiny: Path) -> list[Chunk]:
+    """12 greedy tokens from the base, as they stream."""
     params = SamplingParams(temperature=0, max_tokens=12)
-    chunks = list(generator.generate(tiny, None, "Once upon a time", params))
+    return list(generator.generate(tiny, None, "Once upon a time", params))
+
+
+def test_text_streams_in_pieces_and_max_tokens_ends_with_length(
+    story: list[Chunk], tiny: Path
+) -> None:
+    chunks = story
     assert len(chunks) > 3
     assert chunks[-1].finish_reason == "length"
     assert chunks[-1].usage.completion_tokens == 12
@@ -184,10 +190,9 @@ def test_text_streams_in_pieces_and_max_tokens_ends_with_length(
 
 
 def test_a_coalesced_stream_sends_the_first_text_at_once_then_at_most_every_interval(
-    generator: Generator, tiny: Path
+    story: list[Chunk],
 ) -> None:
-    params = SamplingParams(temperature=0, max_tokens=12)
-    chunks = list(generator.generate(tiny, None, "Once upon a time", params))
+    chunks = story
     assert len(chunks) > 4
     # Piece i arrives at time i: with an interval of 2.5 the text goes at 0, 3, 6, ...
     ticks = iter(range(len(chunks)))
