@@ -29,8 +29,7 @@ _MAX_FDS = 8
 
 class Forks:
     """Runs `target` ("module:function") in processes of its own: `run(fds, *args)` calls
-    `function(fds, *args)` there, with the file descriptors handed over (the caller closes
-    its own).
+    `function(*fds, *args)` there, with the file descriptors handed over (and closed here).
     The helper starts with the first run, and again if it has gone; it ends when this
     process does (its socket closes)."""
 
@@ -100,7 +99,7 @@ def serve(fd: int, target: str) -> None:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 code = 0
                 try:
-                    function(fds, *json.loads(message))
+                    function(*fds, *json.loads(message))
                 except BaseException:  # noqa: BLE001 - a child's failure ends only the child
                     traceback.print_exc()
                     code = 1

@@ -150,8 +150,8 @@ class StreamValidation:
 
     The pass runs in a process of its own (`server.forks`). It is CPU work under a GIL: in
     the control plane's process it would take turns with the event loop receiving the
-    upload, where in its own it runs beside it. Given `written`, a descriptor of the file
-    the chunks are being written to (the blob's, in a local store), the process reads them
+    upload, where in its own it runs beside it. Given `written`, the path of the file the
+    chunks are being written to (the blob's, in a local store), the process reads them
     there, and the event loop only tells it, down a pipe, how far the file goes: no copy,
     and the upload never waits for validation, which runs at a lower priority and catches
     up from the page cache.
@@ -160,7 +160,7 @@ class StreamValidation:
     more than that in memory."""
 
     def __init__(
-        self, filename: str, *, written: int | None = None, max_line_bytes: int = MAX_LINE_BYTES
+        self, filename: str, *, written: str | None = None, max_line_bytes: int = MAX_LINE_BYTES
     ) -> None:
         self._filename = filename
         self._written = written
@@ -173,9 +173,8 @@ class StreamValidation:
     def _start(self) -> int:
         source, self._sink = os.pipe()
         self._result, result = os.pipe()
-        fds = [source, result] if self._written is None else [source, result, self._written]
         try:
-            _PROCESSES.run(fds, self._filename, self._max_line_bytes)
+            _PROCESSES.run([source, result], self._filename, self._max_line_bytes, self._written)
         finally:
             os.close(source)
             os.close(result)
@@ -257,10 +256,12 @@ async def _writable(fd: int) -> None:
 class _Growing:
     """A file another process is writing, read to the length it last said (each length
     down the pipe `lengths`) and ended where the pipe ends. `read` waits in the pipe's
-    read while it is caught up, so it never spins."""
+    read while it is caught up, so it never spins. The file is opened for each read
+    only: a failed upload's file is deleted at once, and its space must come back then,
+    not when this process next gets the CPU to close it; gone, it reads as ended."""
 
-    def __init__(self, file: int, lengths: int) -> None:
-        self._file = file
+    def __init__(self, path: str, lengths: int) -> None:
+        self._path = path
         self._lengths = lengths
         self._position = 0
         self._known = 0
@@ -274,7 +275,17 @@ class _Growing:
             else:
                 self._ended = True
         size = min(size, self._known - self._position)
-        data = os.pread(self._file, size, self._position) if size > 0 else b""
+        if size <= 0:
+            return b""
+        try:
+            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._ended = True
+            return b""
+        try:
+            data = os.pread(fd, size, self._position)
+        finally:
+            os.close(fd)
         self._position += len(data)
         return data
 
@@ -282,21 +293,21 @@ class _Growing:
         return self
 
     def __exit__(self, *_: object) -> None:
-        os.close(self._file)
         os.close(self._lengths)
 
 
-def _validate_piped(fds: list[int], filename: str, max_line_bytes: int) -> None:
-    """In a validation process: `validate_file` of what the pipe `fds[0]` gives up to its
-    end, or, given a file `fds[2]`, of that file to the lengths the pipe gives. The report
-    (or what was raised) goes back, pickled, down the pipe `fds[1]`."""
-    source, result, *written = fds
+def _validate_piped(
+    source: int, result: int, filename: str, max_line_bytes: int, written: str | None
+) -> None:
+    """In a validation process: `validate_file` of what the pipe `source` gives up to its
+    end, or, given the path `written`, of that file to the lengths the pipe gives. The
+    report (or what was raised) goes back, pickled, down the pipe `result`."""
     if written:
         # Reading the file, it may fall behind without holding the upload up, so it gives
         # way to the control plane and the upload it validates. On 2 cores fine-tune
         # uploads ran at 390-460 MB/s with it, 360-400 without (python -m bench uploads).
         os.nice(10)
-    stream = open(source, "rb") if not written else _Growing(written[0], source)
+    stream = open(source, "rb") if not written else _Growing(written, source)
     try:
         outcome: Report | BaseException = validate_file(
             stream,  # type: ignore[arg-type]

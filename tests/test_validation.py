@@ -280,7 +280,6 @@ def test_validation_while_streaming_finds_what_the_stored_file_has(
     one), a chunk's bytes in it before the chunk is fed."""
     import asyncio
     import contextlib
-    import os
     import random
 
     from server.validation import StreamValidation
@@ -292,14 +291,7 @@ def test_validation_while_streaming_finds_what_the_stored_file_has(
             return
         path = tmp_path / name
         with open(path, "wb", buffering=0) as out:
-            reader = os.open(path, os.O_RDONLY)
-            try:
-                yield (
-                    StreamValidation("train.jsonl", written=reader, max_line_bytes=cap),
-                    out.write,
-                )
-            finally:
-                os.close(reader)
+            yield StreamValidation("train.jsonl", written=str(path), max_line_bytes=cap), out.write
 
     cap = 1 << 20
     lines: list[str | bytes] = [

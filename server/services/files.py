@@ -68,7 +68,7 @@ class Intake:
         self.validation = (
             StreamValidation(
                 meta.filename,
-                written=self.writer.reader(),
+                written=self.writer.follow(),
                 max_line_bytes=plane.settings.max_line_bytes,
             )
             if meta.purpose == File.PURPOSE_FINE_TUNE

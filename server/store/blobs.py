@@ -39,25 +39,27 @@ class BlobWriter:
         self.size = 0
         self._hash = hashlib.sha256()
         self._file = store.fs.open(store._full(self.tmp), "wb")
-        self._reader: int | None = None
+        self._followed = False
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
         self._hash.update(data)
         self.size += len(data)
-        if self._reader is not None:
+        if self._followed:
             self._file.flush()  # what is written is readable at once
 
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
-    def reader(self) -> int | None:
-        """A descriptor to read the blob from while it is written (every write is in the
-        file when it returns); None when the store is not local. Closed with the writer."""
-        if self._reader is None and self.store.is_local:
-            self._reader = os.open(self.store._full(self.tmp), os.O_RDONLY | os.O_CLOEXEC)
-        return self._reader
+    def follow(self) -> str | None:
+        """The local path of the file being written, for another process to read it while
+        it is written (every write is in the file when it returns); gone once the blob is
+        committed or discarded. None when the store is not local."""
+        if not self.store.is_local:
+            return None
+        self._followed = True
+        return self.store._full(self.tmp)
 
     def commit(self) -> str:
         """Make the blob visible under its key; returns the key."""
@@ -65,20 +67,13 @@ class BlobWriter:
         if self.store.is_local:
             os.fsync(self._file.fileno())
         self._file.close()
-        self._close_reader()
         self.store._rename(self.tmp, self.key)
         return self.key
-
-    def _close_reader(self) -> None:
-        if self._reader is not None:
-            os.close(self._reader)
-            self._reader = None
 
     def discard(self) -> None:
         # Closing flushes, which fails again on a full disk: the file goes all the same.
         with contextlib.suppress(OSError):
             self._file.close()
-        self._close_reader()
         self.store.delete(self.tmp)
 
 
