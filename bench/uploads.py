@@ -88,9 +88,10 @@ def run(ctx: Context) -> Section:
 def _settled(variant: Any, source: Path, scratch: Path) -> Any:
     """`variant`, started once the disk has written what the variant before left dirty
     (untimed): a gigabyte still being written back slows whatever runs next. And after
-    one more gigabyte written and deleted (untimed, a copy of `source` at `scratch`):
-    on this VM the kernel's share of receiving an upload (its page cache) alternated
-    between 0.7-0.9 and 1.4-1.6 ms/MB from one upload to the next, whatever either was."""
+    one more gigabyte written and deleted (untimed, a copy of `source` at `scratch`): in
+    one run of this VM the kernel's share of receiving an upload (its page cache)
+    alternated between 0.7-0.9 and 1.4-1.6 ms/MB from one upload to the next, so each
+    variant follows the same kind of work."""
 
     def run() -> dict[str, float]:
         _copy(source, scratch)
@@ -219,9 +220,9 @@ def _section(ctx: Context, size: int, samples: dict[str, list]) -> Section:
         "report is in the reply).",
         f"After a warm-up round, user data and fine-tune interleaved {len(samples['grpc'])} "
         "times (A B B A ...: each after each as often), then copy and bridge "
-        f"{len(samples['copy'])} times; each started after os.sync() (untimed), so none "
-        "pays for the writeback of the one before; medians; RSS growth is the largest over "
-        "the repeats.",
+        f"{len(samples['copy'])} times; each started (untimed) after a copy of the file "
+        "written and deleted and os.sync(), so none pays for the writeback of the one "
+        "before; medians; RSS growth is the largest over the repeats.",
     ]
     section.add(
         Figure(

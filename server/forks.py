@@ -29,7 +29,8 @@ _MAX_FDS = 8
 
 class Forks:
     """Runs `target` ("module:function") in processes of its own: `run(fds, *args)` calls
-    `function(*fds, *args)` there, with the file descriptors handed over (and closed here).
+    `function(*fds, *args)` there, with the file descriptors handed over (the caller
+    still closes its own).
     The helper starts with the first run, and again if it has gone; it ends when this
     process does (its socket closes)."""
 

@@ -154,10 +154,9 @@ class StreamValidation:
     chunks are being written to (the blob's, in a local store), the process reads them
     there, and the event loop only tells it, down a pipe, how far the file goes: no copy,
     and the upload never waits for validation, which runs at a lower priority and catches
-    up from the page cache.
-    Otherwise the chunks themselves go down the pipe, which holds a block: an upload then
-    waits (without blocking the loop) while the process is a block behind, and holds no
-    more than that in memory."""
+    up from the page cache. Otherwise the chunks themselves go down the pipe, which holds
+    a block: an upload then waits (without blocking the loop) while the process is a
+    block behind, and holds no more than that in memory."""
 
     def __init__(
         self, filename: str, *, written: str | None = None, max_line_bytes: int = MAX_LINE_BYTES
@@ -399,9 +398,9 @@ def _scan_jsonl(
     fmt: Format | None = None
     examples = chars = records = 0
     line = 0
-    for start, lines, cap in blocks:
-        if isinstance(lines, _Body):
-            if (fmt is None or fmt is Format.CHAT) and (whole := lines.plain_chats()):
+    for start, block, cap in blocks:
+        if isinstance(block, _Body):
+            if (fmt is None or fmt is Format.CHAT) and (whole := block.plain_chats()):
                 count, trained = whole
                 fmt = Format.CHAT
                 examples += count
@@ -409,8 +408,7 @@ def _scan_jsonl(
                 chars += trained
                 line += count
                 continue
-            lines = lines.lines()
-        block = lines
+            block = block.lines()
         first = line + 1
         i = 0
         while i < len(block):
@@ -468,8 +466,9 @@ def _scan_document(blocks: Blocks, found: _Problems) -> tuple[Format | None, int
     to read) can be wrong."""
     chars = records = 0
     line = 0
-    for start, lines, cap in blocks:
-        block = lines.lines() if isinstance(lines, _Body) else lines
+    for start, block, cap in blocks:
+        if isinstance(block, _Body):
+            block = block.lines()
         first = line + 1
         for raw in block:
             line += 1
