@@ -24,6 +24,7 @@ from conftest import SAMPLE_CHAT, Server, chat_lines, fails, launch, upload_requ
 from test_faults_storage import small_filesystem
 from test_faults_training import STARTED, Follower, create, db_rows, fill, get, wait_gone
 
+from server.store.blobs import BlobStore, BlobWriter
 from tunewire.v1 import files_pb2, jobs_pb2, models_pb2
 
 Job = jobs_pb2.Job
@@ -134,6 +135,36 @@ def test_an_upload_cancelled_mid_stream_leaves_nothing(
         assert time.monotonic() < deadline, blob_entries(srv.home)
         time.sleep(0.1)
     assert org.files.ListFiles(files_pb2.ListFilesRequest()).files == []
+
+
+def test_a_blob_discarded_while_its_fsync_runs_leaves_nothing(tmp_path: Path) -> None:
+    # An upload's blob is synced in a thread while its validation finishes, and a failed
+    # upload is discarded on the event loop meanwhile.
+    store = BlobStore(tmp_path)
+    data = os.urandom(8 << 20)
+    kept, dropped = store.writer("files/kept"), store.writer("files/dropped")
+    for writer in (kept, dropped):
+        writer.write(data)
+    failures: dict[str, BaseException] = {}
+
+    def sync(name: str, writer: BlobWriter) -> None:
+        try:
+            writer.sync()
+        except (OSError, ValueError) as error:  # the dropped file may close under it
+            failures[name] = error
+
+    threads = [
+        threading.Thread(target=sync, args=item) for item in [("kept", kept), ("dropped", dropped)]
+    ]
+    for thread in threads:
+        thread.start()
+    dropped.discard()
+    for thread in threads:
+        thread.join(60)
+    assert "kept" not in failures
+    kept.commit()
+    assert (tmp_path / "files" / "kept").read_bytes() == data
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["kept"]
 
 
 def test_what_a_killed_server_left_of_uploads_is_swept_at_start(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,14 +15,14 @@ from server.lifecycle import FINAL_STATES_SQL
 from server.store import pages, records
 from server.store.blobs import BlobWriter
 from server.store.db import write
-from server.validation import StreamValidation
+from server.validation import Report, StreamValidation
 from tunewire.v1 import files_pb2, files_pb2_grpc
 
 File = files_pb2.File
 MAX_FILENAME = 255
 
 
-def report_proto(report) -> files_pb2.ValidationReport:
+def report_proto(report: Report) -> files_pb2.ValidationReport:
     return files_pb2.ValidationReport(
         format=report.format.value if report.format else "",
         example_count=report.examples,
@@ -84,7 +85,9 @@ class Intake:
     async def finish(self) -> File:
         """Wait for the report and make the blob visible; returns the file's record, not
         saved yet. Whatever ends the call before it is saved must `delete` the blob."""
-        report = await self.validation.report() if self.validation is not None else None
+        # The disk writes out the file while validation reads its last blocks: each waits
+        # on something else, so the two overlap, and the event loop waits on neither.
+        report, _ = await asyncio.gather(self._report(), asyncio.to_thread(self.writer.sync))
         record = File(
             id=self.file_id,
             filename=self.meta.filename,
@@ -99,6 +102,9 @@ class Intake:
         self.writer.commit()
         record.create_time.CopyFrom(timestamp(now()))
         return record
+
+    async def _report(self) -> Report | None:
+        return await self.validation.report() if self.validation is not None else None
 
     def discard(self) -> None:
         """Before `finish` has returned: no .part is left, and validation stops."""

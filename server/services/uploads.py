@@ -197,6 +197,7 @@ class UploadServicer(uploads_pb2_grpc.UploadServiceServicer):
                     raise self._overfull(upload, room)
                 writer.write(message.chunk)
                 message = await anext(requests, None)
+            await asyncio.to_thread(writer.sync)
             writer.commit()
         except BaseException:  # a cancel or a closed socket too: no .part is left
             writer.discard()

@@ -40,6 +40,7 @@ class BlobWriter:
         self._hash = hashlib.sha256()
         self._file = store.fs.open(store._full(self.tmp), "wb")
         self._followed = False
+        self._synced = False
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
@@ -61,11 +62,24 @@ class BlobWriter:
         self._followed = True
         return self.store._full(self.tmp)
 
-    def commit(self) -> str:
-        """Make the blob visible under its key; returns the key."""
+    def sync(self) -> None:
+        """Flush and fsync what is written, so that `commit` only renames. It blocks for as
+        long as the disk takes (a quarter of a second for a gigabyte), so a server runs it
+        in a thread, where it may overlap other waiting; it fsyncs a descriptor of its own,
+        as the upload may be discarded meanwhile."""
         self._file.flush()
         if self.store.is_local:
-            os.fsync(self._file.fileno())
+            fd = os.dup(self._file.fileno())
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._synced = True
+
+    def commit(self) -> str:
+        """Make the blob visible under its key (synced first, unless it is); returns the key."""
+        if not self._synced:
+            self.sync()
         self._file.close()
         self.store._rename(self.tmp, self.key)
         return self.key
