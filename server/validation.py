@@ -18,8 +18,9 @@ import itertools
 import json
 import os
 import pickle
+import select
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Annotated, BinaryIO, Literal
 
@@ -117,8 +118,16 @@ def validate_file(
     tally = LabelTally()
     with stream as f:
         blocks = _blocks(f, max_line_bytes)
-        scanned = _scan_document(blocks, found) if document else _scan_jsonl(blocks, found, tally)
-        fmt, examples, lines, chars, records = scanned
+        if document:
+            fmt, examples, lines, chars, records = _scan_document(blocks, found)
+        else:
+            scan = _Scan()
+            _scan_jsonl(blocks, found, tally, scan)
+            # The last of an upload, scanned by other processes (`_Growing`), in order.
+            for piece in f.pieces if isinstance(f, _Growing) else ():
+                if not scan.absorb(piece.scanned()):
+                    _scan_jsonl(_blocks(piece, max_line_bytes, piece.start), found, tally, scan)
+            fmt, examples, lines, chars, records = astuple(scan)
     # A document is one example by definition (the trainer chunks it), so a minimum number of
     # examples only means something for JSONL.
     file_problems = _file_problems(records, examples, 1 if document else min_examples)
@@ -252,47 +261,141 @@ async def _writable(fd: int) -> None:
         loop.remove_writer(fd)
 
 
+def _pread(path: str, size: int, offset: int) -> bytes:
+    """`size` bytes of the file at `path` from `offset`; nothing once the file is gone. The
+    file is opened for each read only: a failed upload's file is deleted at once, and its
+    space must come back then, not when a validation process next gets the CPU to close it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b""
+    try:
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
 class _Growing:
     """A file another process is writing, read to the length it last said (each length
-    down the pipe `lengths`) and ended where the pipe ends. `read` waits in the pipe's
-    read while it is caught up, so it never spins. The file is opened for each read
-    only: a failed upload's file is deleted at once, and its space must come back then,
-    not when this process next gets the CPU to close it; gone, it reads as ended."""
+    down the pipe `lengths`) and ended where the pipe ends. `read` waits in the pipe while
+    it is caught up, so it never spins.
 
-    def __init__(self, path: str, lengths: int) -> None:
+    Validation may fall behind the upload, and once the upload has ended its caller waits
+    on what is left. Then, when two pieces or more are left (`_PIECE_BYTES` each), all
+    but the first go to processes of their own, one each (`pieces`), so the cores the
+    upload has left idle share the rest; this stream ends where they begin."""
+
+    def __init__(self, path: str, lengths: int, split: bool, cap: int) -> None:
         self._path = path
         self._lengths = lengths
+        self._split = split
+        self._cap = cap
+        os.set_blocking(lengths, False)
         self._position = 0
         self._known = 0
         self._ended = False
+        self.pieces: list[_Piece] = []
 
     def read(self, size: int) -> bytes:
+        self._hear(wait=False)
         while self._position >= self._known and not self._ended:
-            said = os.read(self._lengths, 512 * _LENGTH)  # whole lengths: each written whole
-            if said:
-                self._known = int.from_bytes(said[-_LENGTH:], "little")
-            else:
-                self._ended = True
+            self._hear(wait=True)
         size = min(size, self._known - self._position)
         if size <= 0:
             return b""
-        try:
-            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            self._ended = True
-            return b""
-        try:
-            data = os.pread(fd, size, self._position)
-        finally:
-            os.close(fd)
+        data = _pread(self._path, size, self._position)
+        if not data:
+            self._ended = True  # the file is gone: the upload failed
         self._position += len(data)
         return data
+
+    def _hear(self, wait: bool) -> None:
+        """Take in the lengths said since last time, waiting for one if `wait`."""
+        if wait:
+            select.select([self._lengths], [], [])
+        try:
+            said = os.read(self._lengths, 512 * _LENGTH)  # whole lengths: each written whole
+        except BlockingIOError:
+            return
+        if said:
+            self._known = int.from_bytes(said[-_LENGTH:], "little")
+            return
+        self._ended = True
+        if self._split:
+            self._split = False
+            self._known = self._hand_out(self._known)
+
+    def _hand_out(self, end: int) -> int:
+        """Start a process for each piece of what is left after the first, each starting
+        after a newline; returns where the first ends."""
+        count = min(_cores(), (end - self._position) // _PIECE_BYTES)
+        starts = []
+        for i in range(1, count):
+            nominal = self._position + (end - self._position) * i // count
+            newline = _pread(self._path, _BLOCK_SIZE, nominal).find(b"\n")
+            if newline >= 0 and nominal + newline + 1 < end:
+                starts.append(nominal + newline + 1)
+        bounds = [*sorted(set(starts)), end]
+        self.pieces = [_Piece(self._path, *span, self._cap) for span in itertools.pairwise(bounds)]
+        return bounds[0]
 
     def __enter__(self) -> _Growing:
         return self
 
     def __exit__(self, *_: object) -> None:
         os.close(self._lengths)
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+_PIECE_BYTES = 16 << 20
+"""The least a piece handed to a process of its own holds: a fork costs milliseconds."""
+
+
+class _Piece:
+    """Bytes `start` to `end` of the file at `path`, starting after a newline, scanned
+    (`_scan_jsonl`) from no format by a process forked for it. `read` reads them again,
+    for a scan here when the piece's own cannot be added."""
+
+    def __init__(self, path: str, start: int, end: int, cap: int) -> None:
+        self._path = path
+        self.start = start
+        self._end = end
+        self._position = start
+        outcome, sink = os.pipe()
+        self._pid = os.fork()
+        if self._pid == 0:  # the child: scan, say, and go
+            os.close(outcome)
+            code = 0
+            try:
+                found = _Problems(0)
+                scan = _Scan()
+                _scan_jsonl(_blocks(self, cap, start), found, LabelTally(), scan)
+                with contextlib.suppress(BrokenPipeError), open(sink, "wb") as out:
+                    pickle.dump(None if found.count else scan, out)
+            except BaseException:  # noqa: BLE001 - no report: the piece is scanned again
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(sink)
+        self._outcome = outcome
+
+    def scanned(self) -> _Scan | None:
+        """The piece's scan, or None when it found a problem (or failed)."""
+        with open(self._outcome, "rb") as outcome:
+            said = outcome.read()
+        os.waitpid(self._pid, 0)
+        return pickle.loads(said) if said else None
+
+    def read(self, size: int) -> bytes:
+        data = _pread(self._path, min(size, self._end - self._position), self._position)
+        self._position += len(data)
+        return data
 
 
 def _validate_piped(
@@ -306,7 +409,11 @@ def _validate_piped(
         # way to the control plane and the upload it validates. On 2 cores fine-tune
         # uploads ran at 390-460 MB/s with it, 360-400 without (python -m bench uploads).
         os.nice(10)
-    stream = open(source, "rb") if not written else _Growing(written, source)
+    stream = (
+        _Growing(written, source, split=not is_plain_text(filename), cap=max_line_bytes)
+        if written
+        else open(source, "rb")  # noqa: SIM115 - closed by validate_file
+    )
     try:
         outcome: Report | BaseException = validate_file(
             stream,  # type: ignore[arg-type]
@@ -390,14 +497,40 @@ Blocks = Iterator[tuple[int, list[bytes | _Overlong] | _Body, int]]
 """Each block's offset, its lines and the line-length cap."""
 
 
-def _scan_jsonl(
-    blocks: Blocks, found: _Problems, tally: LabelTally
-) -> tuple[Format | None, int, int, int, int]:
-    """Returns (format, valid examples, lines, trained chars, non-blank lines); counts the
-    labels of classification data in `tally`."""
-    fmt: Format | None = None
-    examples = chars = records = 0
-    line = 0
+@dataclass
+class _Scan:
+    """What a scan of JSONL lines has counted."""
+
+    fmt: Format | None = None  # fixed by the first valid record
+    examples: int = 0  # valid ones
+    lines: int = 0
+    chars: int = 0  # trained, of the valid examples
+    records: int = 0  # non-blank lines
+
+    def absorb(self, later: _Scan | None) -> bool:
+        """Add the scan of the lines that come next, made from no format by another
+        process; False when it cannot be added, and those lines must be scanned here.
+
+        It is exact when that scan found no problem, in this scan's format (or either has
+        none yet): the format is all a scan carries from one line to the next, and a
+        record valid as the first of its format reads the same after others. Labelled data
+        is scanned here, where its labels are counted."""
+        if later is None or later.fmt in LABELLED:
+            return False
+        if later.fmt is not None and self.fmt is not None and later.fmt is not self.fmt:
+            return False
+        self.fmt = self.fmt or later.fmt
+        self.examples += later.examples
+        self.lines += later.lines
+        self.chars += later.chars
+        self.records += later.records
+        return True
+
+
+def _scan_jsonl(blocks: Blocks, found: _Problems, tally: LabelTally, scan: _Scan) -> None:
+    """Scans on from `scan`, counting into it; counts the labels of classification data
+    in `tally`."""
+    fmt, examples, line, chars, records = astuple(scan)
     for start, block, cap in blocks:
         if isinstance(block, _Body):
             if (fmt is None or fmt is Format.CHAT) and (whole := block.plain_chats()):
@@ -458,7 +591,8 @@ def _scan_jsonl(
             chars += _trained_chars(example)
             if fmt in LABELLED:
                 tally.add(example, line)
-    return fmt, examples, line, chars, records
+    scan.fmt, scan.examples, scan.lines = fmt, examples, line
+    scan.chars, scan.records = chars, records
 
 
 def _scan_document(blocks: Blocks, found: _Problems) -> tuple[Format | None, int, int, int, int]:
@@ -563,16 +697,15 @@ def _loads(text: str) -> object:
     return value
 
 
-def _blocks(f: BinaryIO, cap: int) -> Blocks:
+def _blocks(f: BinaryIO | _Piece, cap: int, offset: int = 0) -> Blocks:
     """Each block read, as its first line (ending the line the blocks before left open)
     and then a `_Body` of its other complete lines, each with its offset in the file and
     `cap`. A line longer than `cap` bytes comes as an `_Overlong`: its bytes are dropped
     as they are read, so one huge line costs no more memory than a short one.
 
     Splitting 1 MiB blocks is far faster than reading line by line, and handing out whole
-    blocks spares a generator step per line.
+    blocks spares a generator step per line. `offset`: where in the file `f` starts.
     """
-    offset = 0
     partial: list[bytes] = []  # a line still waiting for its newline, possibly many blocks long
     held = 0  # bytes in `partial`
     dropped = 0  # bytes of the current line dropped: it is past the cap

@@ -358,3 +358,56 @@ def test_streaming_validation_runs_in_a_process_of_its_own_that_comes_back() -> 
     helper.wait()
     assert asyncio.run(validate()).examples == 20
     assert validation._PROCESSES._helper.pid != helper.pid
+
+
+def _rest(kind: str) -> tuple[list[str], list[str]]:
+    """The two halves of a 40 MB file: one read as it arrived, one still to read when
+    the upload ended. Long lines, so that it takes few."""
+    text = "The capital of France is Paris. " * 128
+    chat = json.dumps({"messages": [USER, {"role": "assistant", "content": text}]})
+    completion = json.dumps({"prompt": "Capital of France?", "completion": text})
+    labelled = json.dumps({"text": text, "label": "geography"})
+    half = 5000
+    if kind == "plain chats":
+        return [chat] * half, [chat] * half
+    if kind == "a problem late":
+        return [chat] * half, [*[chat] * (half // 2), "{broken", *[chat] * (half // 2)]
+    if kind == "another format late":
+        return [chat] * half, [completion] * half
+    if kind == "completions only":
+        return [completion] * half, [completion] * half
+    if kind == "labelled":
+        return [labelled] * half, [labelled] * half
+    return ["{broken", "", *[""] * half], [chat] * 2 * half  # no format until the second
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "plain chats",
+        "a problem late",
+        "another format late",
+        "completions only",
+        "labelled",
+        "no format first",
+    ],
+)
+def test_the_rest_of_an_ended_upload_is_validated_in_pieces_exactly(
+    tmp_path: Path, kind: str
+) -> None:
+    """Validation still behind when an upload ends hands what is left out, a piece to a
+    process per core, and reports exactly what one pass finds: a piece's own scan is added
+    when that is exact, and otherwise its lines are scanned again in order."""
+    import os
+
+    from server.validation import MAX_LINE_BYTES, _Growing
+
+    first, second = _rest(kind)
+    path = write(tmp_path / "train.jsonl", [*first, *second])
+    size = path.stat().st_size
+    lengths, say = os.pipe()
+    os.write(say, size.to_bytes(8, "little"))
+    os.close(say)  # the upload has ended, and all of it is still to validate
+    stream = _Growing(str(path), lengths, split=True, cap=MAX_LINE_BYTES)
+    assert validate_file(stream) == validate_file(path)
+    assert len(stream.pieces) == min(len(os.sched_getaffinity(0)), 2) - 1
