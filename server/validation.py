@@ -291,6 +291,8 @@ class _Growing:
         self._split = split
         self._cap = cap
         os.set_blocking(lengths, False)
+        self._said = select.poll()  # poll, not select: a descriptor's number may be any
+        self._said.register(lengths, select.POLLIN)
         self._position = 0
         self._known = 0
         self._ended = False
@@ -312,7 +314,7 @@ class _Growing:
     def _hear(self, wait: bool) -> None:
         """Take in the lengths said since last time, waiting for one if `wait`."""
         if wait:
-            select.select([self._lengths], [], [])
+            self._said.poll()
         try:
             said = os.read(self._lengths, 512 * _LENGTH)  # whole lengths: each written whole
         except BlockingIOError:
