@@ -411,3 +411,23 @@ def test_the_rest_of_an_ended_upload_is_validated_in_pieces_exactly(
     stream = _Growing(str(path), lengths, split=True, cap=MAX_LINE_BYTES)
     assert validate_file(stream) == validate_file(path)
     assert len(stream.pieces) == min(len(os.sched_getaffinity(0)), 2) - 1
+
+
+def test_an_upload_ended_ahead_of_its_validation_reports_what_the_file_has(
+    tmp_path: Path,
+) -> None:
+    """The same through StreamValidation: the validation process, reading the file
+    written, hands out the rest once the upload has ended."""
+    import asyncio
+
+    from server.validation import StreamValidation
+
+    first, second = _rest("plain chats")
+    path = write(tmp_path / "train.jsonl", [*first, *second])
+
+    async def streamed() -> Report:
+        validation = StreamValidation("train.jsonl", written=str(path))
+        await validation.feed(path.read_bytes())  # all of it written before it is read
+        return await validation.report()
+
+    assert asyncio.run(streamed()) == validate_file(path)
